@@ -1,0 +1,129 @@
+//! The contract between the engine and one entity (table) of one system.
+
+use crate::value::{Key, Row, Value};
+
+/// One captured change: a record of the entity was written (inserted, updated or deleted) by
+/// someone other than Tandem. The engine reads the record's current state when it processes
+/// the change, so a change only needs to say which record and when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Touched {
+    /// The change's position in the system's change stream.
+    pub pos: u64,
+    /// The record's key.
+    pub key: Key,
+    /// Commit time on the source system, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// A page of captured changes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChangePage {
+    /// Changes after the requested position, in stream order.
+    pub touched: Vec<Touched>,
+    /// The position to continue from (the last change's, or the requested one when empty).
+    pub next: u64,
+}
+
+/// One write Tandem makes to a system.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Create a record. `intent` is recorded in the same transaction, so after a crash the
+    /// engine can ask [`Connector::created`] whether the insert happened and which key it got.
+    Insert {
+        /// Unique id of this create, recorded beside the insert.
+        intent: String,
+        /// Column values; key columns the system generates are left out.
+        values: Row,
+    },
+    /// Set the given columns of an existing record (other columns stay as they are).
+    Update {
+        /// The record.
+        key: Key,
+        /// Columns to set.
+        values: Row,
+    },
+    /// Delete a record (no error when it is already gone).
+    Delete {
+        /// The record.
+        key: Key,
+    },
+}
+
+/// Why one write could not be applied (the rest of its batch still is).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{reason}")]
+pub struct RowError {
+    /// The column at fault, when known.
+    pub column: Option<String>,
+    /// The type of the value written to it, when known.
+    pub value_type: Option<&'static str>,
+    /// The system's error, in words.
+    pub reason: String,
+}
+
+/// The result of one write: the record's key (the generated one for inserts) or why it failed.
+pub type WriteResult = Result<Key, RowError>;
+
+/// What went wrong talking to a system.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectorError {
+    /// Whether retrying later may help.
+    pub kind: ErrorKind,
+    /// What happened, where.
+    pub message: String,
+    /// The underlying error.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Decides retry and the operator's hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The system is down, busy or unreachable: retry with backoff.
+    Unavailable,
+    /// The system does not look like the config says (missing table or column): fix the config.
+    Schema,
+    /// Anything else: a bug or corrupted data; stop and report.
+    Internal,
+}
+
+impl ConnectorError {
+    /// A new error without a source.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ConnectorError { kind, message: message.into(), source: None }
+    }
+}
+
+/// One entity of one system, as the engine uses it.
+///
+/// Delivery is at least once: the engine may repeat any write after a crash, so `apply` must be
+/// idempotent for updates and deletes; inserts are made idempotent by their intent id. Changes
+/// are delivered in stream order. Tandem's own writes must not be delivered by `changes`
+/// (they are tagged so capture skips them); the engine's base comparison is the safety net.
+pub trait Connector {
+    /// Installs change capture for the entity if it is not there yet (idempotent). Returns a
+    /// description of what was installed, or `None` when it already was.
+    fn prepare(&mut self) -> Result<Option<String>, ConnectorError>;
+    /// The position of the latest change in the stream (where a fresh capture starts).
+    fn head(&mut self) -> Result<u64, ConnectorError>;
+    /// Up to `limit` changes after position `after`, in order.
+    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError>;
+    /// Forgets changes up to and including `upto`: they are durable in Tandem's state.
+    fn trim(&mut self, upto: u64) -> Result<(), ConnectorError>;
+    /// The commit time of the latest not yet trimmed change to `key`.
+    fn last_change_at(&mut self, key: &Key) -> Result<Option<i64>, ConnectorError>;
+    /// The current rows for `keys` (`None` where the record does not exist), in order.
+    fn read(&mut self, keys: &[Key]) -> Result<Vec<Option<Row>>, ConnectorError>;
+    /// Up to `limit` records with keys after `after`, in key order (initial load).
+    fn scan(&mut self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Row)>, ConnectorError>;
+    /// Records whose `column` equals `value` (case-insensitively for text when asked).
+    fn find(&mut self, column: &str, value: &Value, case_insensitive: bool) -> Result<Vec<(Key, Row)>, ConnectorError>;
+    /// Applies the writes in one transaction, tagged as Tandem's own; one result per write.
+    /// A write that fails is reported in its result and the others still apply.
+    fn apply(&mut self, writes: &[Write]) -> Result<Vec<WriteResult>, ConnectorError>;
+    /// The key created by the insert with this intent id, if that insert was committed.
+    fn created(&mut self, intent: &str) -> Result<Option<Key>, ConnectorError>;
+    /// Forgets the intent records of these ids (their links are durable in Tandem's state).
+    fn forget_intents(&mut self, ids: &[String]) -> Result<(), ConnectorError>;
+}

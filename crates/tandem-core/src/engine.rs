@@ -1,0 +1,852 @@
+//! The sync loop for one sync: initial load, capture into the inbox, resolve, apply, commit.
+//!
+//! Each step is safe to interrupt: capture commits the inbox entries together with the new
+//! cursor; creates are announced as intents before they are applied; the final commit records
+//! links, bases and audit after the writes. A crash anywhere replays from the last commit, and
+//! replaying is harmless because applies are idempotent and the base comparison sees that a
+//! record already agrees.
+
+use crate::connector::{Connector, ConnectorError, RowError, Write};
+use crate::mapping::{Flow, Side};
+use crate::merge::{merge, Decision};
+use crate::rules::{DeleteRule, SyncSpec};
+use crate::store::{AuditRow, Conflict, DeadLetter, InboxEntry, Intent, Link, Op, StateStore, StoreError};
+use crate::value::{Key, Row, Value};
+use std::collections::{HashMap, HashSet};
+
+/// An engine step failed; the step's effects were not committed and it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A system failed.
+    #[error("system `{system}` ({side}): {source}")]
+    Connector {
+        /// The system's name.
+        system: String,
+        /// Its side in the sync.
+        side: Side,
+        /// What it said.
+        #[source]
+        source: ConnectorError,
+    },
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An operator request that cannot be carried out.
+    #[error("{0}")]
+    Request(String),
+}
+
+/// What one cycle (or a whole run) did, for summaries and tests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    /// Change capture installed on first use, described for the user.
+    pub installed: Vec<String>,
+    /// Records read by the initial load, by side.
+    pub loaded: [u64; 2],
+    /// Changes captured, by side.
+    pub captured: [u64; 2],
+    /// Records processed from the inbox.
+    pub processed: u64,
+    /// Records updated on the other side, by source side (`[0]` is left → right).
+    pub updated: [u64; 2],
+    /// Records created on the other side, by source side.
+    pub created: [u64; 2],
+    /// Deletes carried out on the other side (propagated or soft), by source side.
+    pub deleted: [u64; 2],
+    /// Existing records linked by `match_on`.
+    pub matched: u64,
+    /// Conflicts decided by a rule.
+    pub decided: u64,
+    /// Conflicts held for a person.
+    pub held: u64,
+    /// Records sent to dead letters.
+    pub dead_letters: u64,
+}
+
+impl Report {
+    /// True when the cycle found anything to do.
+    pub fn busy(&self) -> bool {
+        self.processed > 0 || self.captured != [0, 0] || self.loaded != [0, 0]
+    }
+
+    /// Adds another report's counts to this one.
+    pub fn add(&mut self, o: &Report) {
+        self.installed.extend(o.installed.iter().cloned());
+        for i in 0..2 {
+            self.loaded[i] += o.loaded[i];
+            self.captured[i] += o.captured[i];
+            self.updated[i] += o.updated[i];
+            self.created[i] += o.created[i];
+            self.deleted[i] += o.deleted[i];
+        }
+        self.processed += o.processed;
+        self.matched += o.matched;
+        self.decided += o.decided;
+        self.held += o.held;
+        self.dead_letters += o.dead_letters;
+    }
+}
+
+/// How an operator resolves a held conflict.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// Keep the left side's current value.
+    Left,
+    /// Keep the right side's current value.
+    Right,
+    /// Write this canonical value to both sides.
+    Value(Value),
+}
+
+/// One sync's engine, borrowing its state store and the two entities' connectors.
+pub struct Engine<'a> {
+    spec: &'a SyncSpec,
+    store: &'a mut dyn StateStore,
+    conns: [&'a mut dyn Connector; 2],
+    now: &'a dyn Fn() -> i64,
+    batch: usize,
+}
+
+/// Records of one inbox batch that belong together (the two sides of one link).
+struct Group {
+    link: Option<Link>,
+    keys: [Option<Key>; 2],
+    times: [i64; 2],
+    has_entry: [bool; 2],
+    entries: Vec<(Side, Key)>,
+    seq: i64,
+}
+
+/// What a group does, decided before anything is written.
+#[derive(Default)]
+struct GroupPlan {
+    /// Writes with their target side.
+    writes: Vec<(Side, Write)>,
+    /// State changes committed before any write: rule decisions, which must survive a crash
+    /// right after the writes (the replay would find both sides equal and decide nothing).
+    ops_first: Vec<Op>,
+    /// State changes that hold only when every write of the group succeeded.
+    ops_ok: Vec<Op>,
+    /// State changes that hold in any case (inbox removal, dead letters found while planning).
+    ops_always: Vec<Op>,
+    /// A create waiting for its generated key.
+    create: Option<Intent>,
+    /// The side whose change this group carries, for dead letters.
+    source: Option<(Side, Key)>,
+    /// Counts for the report, applied when the group succeeds.
+    report: Report,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine for `spec` over `store` and the two connectors (left, right). `now` gives the
+    /// time in ms; `batch` bounds the records handled per step.
+    pub fn new(
+        spec: &'a SyncSpec,
+        store: &'a mut dyn StateStore,
+        left: &'a mut dyn Connector,
+        right: &'a mut dyn Connector,
+        now: &'a dyn Fn() -> i64,
+        batch: usize,
+    ) -> Self {
+        Engine { spec, store, conns: [left, right], now, batch: batch.max(1) }
+    }
+
+    fn conn_err(&self, side: Side) -> impl Fn(ConnectorError) -> EngineError + use<> {
+        let system = self.spec.system(side).to_string();
+        move |source| EngineError::Connector { system: system.clone(), side, source }
+    }
+
+    fn sync(&self) -> String {
+        self.spec.name.clone()
+    }
+
+    /// Installs change capture where it is missing and finishes creates interrupted by a crash.
+    /// Call once when the engine starts, before [`Engine::cycle`].
+    pub fn start(&mut self) -> Result<Report, EngineError> {
+        let mut report = Report::default();
+        for side in [Side::Left, Side::Right] {
+            let installed = self.conns[side.index()].prepare().map_err(self.conn_err(side))?;
+            let init = self.store.meta(&self.spec.name, &format!("init:{side}"))?;
+            if init.is_none() || installed.is_some() {
+                // First run for this side, or capture was removed behind our back: changes made
+                // meanwhile were not captured, so the whole entity is loaded again.
+                let head = self.conns[side.index()].head().map_err(self.conn_err(side))?;
+                self.store.commit(vec![
+                    Op::Cursor { sync: self.sync(), side, pos: head },
+                    Op::Meta { sync: self.sync(), name: format!("init:{side}"), value: Some("1".into()) },
+                    Op::Meta { sync: self.sync(), name: format!("snapshot:{side}"), value: Some(String::new()) },
+                ])?;
+            }
+            report.installed.extend(installed);
+        }
+        self.recover()?;
+        Ok(report)
+    }
+
+    /// Finishes or abandons creates that were announced but not confirmed.
+    fn recover(&mut self) -> Result<(), EngineError> {
+        let intents = self.store.intents(&self.spec.name)?;
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        let mut confirmed: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        for intent in intents {
+            let target = intent.source.other();
+            ops.push(Op::DropIntent { sync: self.sync(), id: intent.id.clone() });
+            if let Some(key) = self.conns[target.index()].created(&intent.id).map_err(self.conn_err(target))? {
+                let link = self.new_link(intent.source, intent.source_key.clone(), key.clone(), intent.base.clone());
+                ops.push(Op::Audit(AuditRow {
+                    kind: "create".into(),
+                    source: Some(intent.source),
+                    left_key: Some(link.left.clone()),
+                    right_key: Some(link.right.clone()),
+                    detail: "create confirmed after a restart".into(),
+                    ..self.audit_base()
+                }));
+                ops.push(Op::PutLink { sync: self.sync(), link });
+                if intent.revisit {
+                    ops.push(Op::Touch { sync: self.sync(), side: target, key, at: 0 });
+                }
+                confirmed[target.index()].push(intent.id);
+            }
+        }
+        self.store.commit(ops)?;
+        self.forget(confirmed)
+    }
+
+    fn forget(&mut self, ids: [Vec<String>; 2]) -> Result<(), EngineError> {
+        for side in [Side::Left, Side::Right] {
+            if !ids[side.index()].is_empty() {
+                self.conns[side.index()].forget_intents(&ids[side.index()]).map_err(self.conn_err(side))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn new_link(&self, source: Side, source_key: Key, other_key: Key, base: Row) -> Link {
+        let (left, right) = match source {
+            Side::Left => (source_key, other_key),
+            Side::Right => (other_key, source_key),
+        };
+        Link { left, right, base, tombstone: None }
+    }
+
+    fn audit_base(&self) -> AuditRow {
+        AuditRow { at: (self.now)(), sync: self.sync(), ..AuditRow::default() }
+    }
+
+    /// One round: a page of initial load, a page of changes from each side, one inbox batch.
+    pub fn cycle(&mut self) -> Result<Report, EngineError> {
+        let mut report = Report::default();
+        self.recover()?;
+        for side in [Side::Left, Side::Right] {
+            self.load_page(side, &mut report)?;
+            self.capture(side, &mut report)?;
+        }
+        self.process(&mut report)?;
+        if report.processed > 0 {
+            self.store.commit(vec![Op::Meta {
+                sync: self.sync(),
+                name: "last_sync".into(),
+                value: Some((self.now)().to_string()),
+            }])?;
+        }
+        Ok(report)
+    }
+
+    /// Reads one page of the initial load of a side into the inbox, if a load is under way.
+    fn load_page(&mut self, side: Side, report: &mut Report) -> Result<(), EngineError> {
+        let name = format!("snapshot:{side}");
+        let Some(after) = self.store.meta(&self.spec.name, &name)? else {
+            return Ok(());
+        };
+        let after = Key::parse(&after);
+        let rows = self.conns[side.index()].scan(after.as_ref(), self.batch).map_err(self.conn_err(side))?;
+        let mut ops: Vec<Op> = rows
+            .iter()
+            .map(|(key, _)| Op::Touch { sync: self.sync(), side, key: key.clone(), at: 0 })
+            .collect();
+        let next = if rows.len() < self.batch { None } else { rows.last().map(|(k, _)| k.as_str().to_string()) };
+        ops.push(Op::Meta { sync: self.sync(), name, value: next });
+        report.loaded[side.index()] += rows.len() as u64;
+        self.store.commit(ops)?;
+        Ok(())
+    }
+
+    /// Moves one page of captured changes of a side into the inbox, with the cursor.
+    fn capture(&mut self, side: Side, report: &mut Report) -> Result<(), EngineError> {
+        let cursor = self.store.cursor(&self.spec.name, side)?.unwrap_or(0);
+        let page = self.conns[side.index()].changes(cursor, self.batch).map_err(self.conn_err(side))?;
+        if page.touched.is_empty() && page.next <= cursor {
+            return Ok(());
+        }
+        let mut ops: Vec<Op> = page
+            .touched
+            .iter()
+            .map(|t| Op::Touch { sync: self.sync(), side, key: t.key.clone(), at: t.at_ms })
+            .collect();
+        ops.push(Op::Cursor { sync: self.sync(), side, pos: page.next.max(cursor) });
+        report.captured[side.index()] += page.touched.len() as u64;
+        self.store.commit(ops)?;
+        self.conns[side.index()].trim(page.next).map_err(self.conn_err(side))
+    }
+
+    fn group(&mut self, entries: Vec<InboxEntry>) -> Result<Vec<Group>, EngineError> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<(Side, Key), usize> = HashMap::new();
+        for e in entries {
+            let gi = match index.get(&(e.side, e.key.clone())) {
+                Some(i) => *i,
+                None => {
+                    let link = self.store.link(&self.spec.name, e.side, &e.key)?;
+                    let mut keys = [None, None];
+                    keys[e.side.index()] = Some(e.key.clone());
+                    if let Some(l) = &link {
+                        keys = [Some(l.left.clone()), Some(l.right.clone())];
+                    }
+                    groups.push(Group { link, keys, times: [0, 0], has_entry: [false, false], entries: Vec::new(), seq: e.seq });
+                    let gi = groups.len() - 1;
+                    for side in [Side::Left, Side::Right] {
+                        if let Some(k) = &groups[gi].keys[side.index()] {
+                            index.insert((side, k.clone()), gi);
+                        }
+                    }
+                    gi
+                }
+            };
+            let g = &mut groups[gi];
+            g.times[e.side.index()] = g.times[e.side.index()].max(e.at);
+            g.has_entry[e.side.index()] = true;
+            g.entries.push((e.side, e.key));
+        }
+        Ok(groups)
+    }
+
+    /// Processes one inbox batch: read, decide, announce creates, apply, commit.
+    fn process(&mut self, report: &mut Report) -> Result<(), EngineError> {
+        let entries = self.store.inbox(&self.spec.name, self.batch)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        report.processed += entries.len() as u64;
+        let groups = self.group(entries)?;
+        let mut rows: [HashMap<Key, Row>; 2] = [HashMap::new(), HashMap::new()];
+        for side in [Side::Left, Side::Right] {
+            let keys: Vec<Key> = groups.iter().filter_map(|g| g.keys[side.index()].clone()).collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let found = self.conns[side.index()].read(&keys).map_err(self.conn_err(side))?;
+            for (k, r) in keys.into_iter().zip(found) {
+                if let Some(r) = r {
+                    rows[side.index()].insert(k, r);
+                }
+            }
+        }
+        let mut claimed: HashSet<(Side, Key)> = HashSet::new();
+        let mut plans = Vec::with_capacity(groups.len());
+        for g in &groups {
+            let mut plan = GroupPlan::default();
+            for (side, key) in &g.entries {
+                plan.ops_always.push(Op::Untouch { sync: self.sync(), side: *side, key: key.clone() });
+            }
+            self.plan_group(g, &rows, &mut claimed, &mut plan)?;
+            plans.push(plan);
+        }
+
+        let mut first: Vec<Op> = Vec::new();
+        for p in &mut plans {
+            first.append(&mut p.ops_first);
+            if let Some(intent) = &p.create {
+                first.push(Op::PutIntent { sync: self.sync(), intent: intent.clone() });
+            }
+        }
+        if !first.is_empty() {
+            self.store.commit(first)?;
+        }
+
+        let mut results: Vec<Vec<Result<Key, RowError>>> = plans.iter().map(|_| Vec::new()).collect();
+        for side in [Side::Left, Side::Right] {
+            let mut owners = Vec::new();
+            let mut writes = Vec::new();
+            for (pi, plan) in plans.iter().enumerate() {
+                for (target, w) in &plan.writes {
+                    if *target == side {
+                        owners.push(pi);
+                        writes.push(w.clone());
+                    }
+                }
+            }
+            if writes.is_empty() {
+                continue;
+            }
+            let out = self.conns[side.index()].apply(&writes).map_err(self.conn_err(side))?;
+            if out.len() != writes.len() {
+                return Err(EngineError::Request(format!(
+                    "system `{}` answered {} results for {} writes",
+                    self.spec.system(side),
+                    out.len(),
+                    writes.len()
+                )));
+            }
+            for (pi, r) in owners.into_iter().zip(out) {
+                results[pi].push(r);
+            }
+        }
+
+        let mut ops = Vec::new();
+        let mut confirmed: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        let now = (self.now)();
+        for (plan, res) in plans.into_iter().zip(results) {
+            ops.extend(plan.ops_always);
+            if let Some(err) = res.iter().find_map(|r| r.as_ref().err()) {
+                if let Some((side, key)) = plan.source {
+                    report.dead_letters += 1;
+                    ops.extend(self.dead_letter(side, &key, err.column.clone(), err.value_type.map(str::to_string), err.to_string(), now));
+                }
+                if let Some(intent) = plan.create {
+                    ops.push(Op::DropIntent { sync: self.sync(), id: intent.id });
+                }
+                continue;
+            }
+            report.add(&plan.report);
+            ops.extend(plan.ops_ok);
+            if let Some(intent) = plan.create {
+                let target = intent.source.other();
+                let Some(Ok(new_key)) = res.into_iter().next() else { continue };
+                let link = self.new_link(intent.source, intent.source_key.clone(), new_key.clone(), intent.base.clone());
+                ops.push(Op::Audit(AuditRow {
+                    kind: "create".into(),
+                    source: Some(intent.source),
+                    left_key: Some(link.left.clone()),
+                    right_key: Some(link.right.clone()),
+                    detail: format!("created on {}", self.spec.system(target)),
+                    ..self.audit_base()
+                }));
+                ops.push(Op::PutLink { sync: self.sync(), link });
+                ops.push(Op::DropIntent { sync: self.sync(), id: intent.id.clone() });
+                ops.push(Op::ClearDeadLetter { sync: self.sync(), side: intent.source, key: intent.source_key.clone() });
+                if intent.revisit {
+                    ops.push(Op::Touch { sync: self.sync(), side: target, key: new_key, at: 0 });
+                }
+                confirmed[target.index()].push(intent.id);
+            }
+        }
+        self.store.commit(ops)?;
+        self.forget(confirmed)
+    }
+
+    fn dead_letter(&self, side: Side, key: &Key, field: Option<String>, value_type: Option<String>, error: String, now: i64) -> Vec<Op> {
+        let dl = DeadLetter { id: 0, sync: self.sync(), side, key: key.clone(), field: field.clone(), value_type, error: error.clone(), at: now };
+        let mut audit = AuditRow { kind: "dead_letter".into(), source: Some(side), field, detail: error, ..self.audit_base() };
+        match side {
+            Side::Left => audit.left_key = Some(key.clone()),
+            Side::Right => audit.right_key = Some(key.clone()),
+        }
+        vec![Op::DeadLetter(dl), Op::Audit(audit)]
+    }
+
+    /// The canonical record of a side's row, or the dead letter ops saying why it has none.
+    fn canonical(&self, side: Side, key: &Key, row: &Row) -> Result<Row, Vec<Op>> {
+        let mut out = Row::new();
+        for f in &self.spec.fields {
+            match f.get(side, row) {
+                Ok(v) => {
+                    out.insert(f.name.clone(), v);
+                }
+                Err(e) => {
+                    let msg = format!("cannot map from {}: {e}", self.spec.system(side));
+                    return Err(self.dead_letter(side, key, Some(f.name.clone()), Some(e.value_type.to_string()), msg, (self.now)()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn plan_group(
+        &mut self,
+        g: &Group,
+        rows: &[HashMap<Key, Row>; 2],
+        claimed: &mut HashSet<(Side, Key)>,
+        plan: &mut GroupPlan,
+    ) -> Result<(), EngineError> {
+        let row_of = |side: Side| g.keys[side.index()].as_ref().and_then(|k| rows[side.index()].get(k));
+        if let Some(link) = &g.link {
+            if let Some(dead) = link.tombstone {
+                if row_of(dead).is_some() {
+                    // The deleted side has a record under that key again: a new record.
+                    plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
+                    plan.ops_ok.push(Op::Touch { sync: self.sync(), side: dead, key: link.key(dead).clone(), at: g.times[dead.index()] });
+                } else if row_of(dead.other()).is_none() {
+                    plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
+                }
+                return Ok(());
+            }
+            return match (row_of(Side::Left), row_of(Side::Right)) {
+                (None, None) => {
+                    plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
+                    plan.ops_ok.push(Op::Audit(AuditRow {
+                        kind: "delete".into(),
+                        left_key: Some(link.left.clone()),
+                        right_key: Some(link.right.clone()),
+                        detail: "deleted on both sides".into(),
+                        ..self.audit_base()
+                    }));
+                    self.close_conflicts(link, "record deleted", plan)
+                }
+                (None, Some(r)) => self.plan_delete(Side::Left, link, r, plan),
+                (Some(l), None) => self.plan_delete(Side::Right, link, l, plan),
+                (Some(l), Some(r)) => self.plan_merge(link.clone(), Some(&link.base), [l, r], g, plan),
+            };
+        }
+
+        let side = if g.keys[0].is_some() { Side::Left } else { Side::Right };
+        let key = g.keys[side.index()].clone().expect("an unlinked group has its source key");
+        if claimed.contains(&(side, key.clone())) {
+            return Ok(());
+        }
+        let Some(row) = row_of(side) else { return Ok(()) };
+        if let Some(filter) = &self.spec.filters[side.index()] {
+            if !filter.matches(row) {
+                return Ok(());
+            }
+        }
+        plan.source = Some((side, key.clone()));
+        let canon = match self.canonical(side, &key, row) {
+            Ok(c) => c,
+            Err(ops) => {
+                plan.ops_always.extend(ops);
+                return Ok(());
+            }
+        };
+        let other = side.other();
+        if let Some(m) = &self.spec.match_on {
+            let (mine, theirs) = if side == Side::Left { (&m.left, &m.right) } else { (&m.right, &m.left) };
+            let v = row.get(mine).cloned().unwrap_or(Value::Null);
+            if !v.is_null() && v != Value::Text(String::new()) {
+                let candidates =
+                    self.conns[other.index()].find(theirs, &v, m.case_insensitive).map_err(self.conn_err(other))?;
+                for (ck, crow) in candidates {
+                    if claimed.contains(&(other, ck.clone())) || self.store.link(&self.spec.name, other, &ck)?.is_some() {
+                        continue;
+                    }
+                    claimed.insert((other, ck.clone()));
+                    claimed.insert((side, key.clone()));
+                    let link = self.new_link(side, key.clone(), ck.clone(), Row::new());
+                    plan.ops_ok.push(Op::Audit(AuditRow {
+                        kind: "link".into(),
+                        source: Some(side),
+                        left_key: Some(link.left.clone()),
+                        right_key: Some(link.right.clone()),
+                        rule: Some("match_on".into()),
+                        detail: format!("matched on {mine} = {theirs}"),
+                        ..self.audit_base()
+                    }));
+                    plan.report.matched += 1;
+                    let pair = if side == Side::Left { [row, &crow] } else { [&crow, row] };
+                    return self.plan_merge(link, None, pair, g, plan);
+                }
+            }
+        }
+
+        // A new record: create it on the other side.
+        let mut values = self.spec.defaults[other.index()].clone();
+        let mut base = Row::new();
+        let mut revisit = false;
+        for f in &self.spec.fields {
+            if !f.flow.allows_from(side) {
+                revisit = true;
+                continue;
+            }
+            let v = canon.get(&f.name).cloned().unwrap_or(Value::Null);
+            match f.put(other, &v, None) {
+                Ok(cols) => values.extend(cols),
+                Err(e) => {
+                    let msg = format!("cannot map to {}: {e}", self.spec.system(other));
+                    plan.ops_always.extend(self.dead_letter(side, &key, Some(f.name.clone()), Some(e.value_type.to_string()), msg, (self.now)()));
+                    return Ok(());
+                }
+            }
+            base.insert(f.name.clone(), v);
+        }
+        claimed.insert((side, key.clone()));
+        let intent = Intent { id: format!("{}:{side}:{}", self.spec.name, g.seq), source: side, source_key: key, base, revisit };
+        plan.writes.push((other, Write::Insert { intent: intent.id.clone(), values }));
+        plan.create = Some(intent);
+        plan.report.created[side.index()] += 1;
+        Ok(())
+    }
+
+    fn close_conflicts(&mut self, link: &Link, why: &str, plan: &mut GroupPlan) -> Result<(), EngineError> {
+        for c in self.store.open_conflicts_of(&self.spec.name, &link.left)? {
+            plan.ops_ok.push(Op::CloseConflict { id: c.id, resolution: why.to_string() });
+        }
+        Ok(())
+    }
+
+    /// The record was deleted on `deleted`; `survivor` is the other side's current row.
+    fn plan_delete(&mut self, deleted: Side, link: &Link, survivor: &Row, plan: &mut GroupPlan) -> Result<(), EngineError> {
+        let other = deleted.other();
+        let other_key = link.key(other).clone();
+        plan.source = Some((deleted, link.key(deleted).clone()));
+        let rule = &self.spec.deletes[deleted.index()];
+        if let Ok(canon) = self.canonical(other, &other_key, survivor) {
+            let changed: Vec<&str> = self
+                .spec
+                .fields
+                .iter()
+                .filter(|f| !canon.get(&f.name).unwrap_or(&Value::Null).same(link.base.get(&f.name).unwrap_or(&Value::Null)))
+                .map(|f| f.name.as_str())
+                .collect();
+            if !changed.is_empty() && *rule != DeleteRule::Ignore {
+                plan.ops_first.push(Op::Audit(AuditRow {
+                    kind: "decision".into(),
+                    source: Some(deleted),
+                    left_key: Some(link.left.clone()),
+                    right_key: Some(link.right.clone()),
+                    winner: Some(deleted),
+                    rule: Some("delete_wins".into()),
+                    detail: format!(
+                        "{} changed {} since the last sync; the delete on {} wins",
+                        self.spec.system(other),
+                        changed.join(", "),
+                        self.spec.system(deleted)
+                    ),
+                    ..self.audit_base()
+                }));
+            }
+        }
+        match rule {
+            DeleteRule::Propagate => {
+                plan.writes.push((other, Write::Delete { key: other_key }));
+                plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
+                plan.report.deleted[deleted.index()] += 1;
+            }
+            DeleteRule::Soft { column, value } => {
+                let mut values = Row::new();
+                values.insert(column.clone(), value.clone());
+                plan.writes.push((other, Write::Update { key: other_key, values }));
+                plan.ops_ok.push(Op::PutLink { sync: self.sync(), link: Link { tombstone: Some(deleted), ..link.clone() } });
+                plan.report.deleted[deleted.index()] += 1;
+            }
+            DeleteRule::Ignore => {
+                plan.ops_ok.push(Op::PutLink { sync: self.sync(), link: Link { tombstone: Some(deleted), ..link.clone() } });
+            }
+        }
+        plan.ops_ok.push(Op::Audit(AuditRow {
+            kind: "delete".into(),
+            source: Some(deleted),
+            left_key: Some(link.left.clone()),
+            right_key: Some(link.right.clone()),
+            rule: Some(rule.name().into()),
+            detail: format!("deleted on {}", self.spec.system(deleted)),
+            ..self.audit_base()
+        }));
+        self.close_conflicts(link, "record deleted", plan)
+    }
+
+    /// Both records exist: merge them field by field against the base (none for a new match).
+    fn plan_merge(&mut self, link: Link, base: Option<&Row>, rows: [&Row; 2], g: &Group, plan: &mut GroupPlan) -> Result<(), EngineError> {
+        let mut canon = [Row::new(), Row::new()];
+        for side in [Side::Left, Side::Right] {
+            match self.canonical(side, link.key(side), rows[side.index()]) {
+                Ok(c) => canon[side.index()] = c,
+                Err(ops) => {
+                    plan.ops_always.extend(ops);
+                    return Ok(());
+                }
+            }
+        }
+        let mut times = g.times;
+        for side in [Side::Left, Side::Right] {
+            let s = side.index();
+            let differs = base.is_some_and(|b| self.spec.fields.iter().any(|f| {
+                !canon[s].get(&f.name).unwrap_or(&Value::Null).same(b.get(&f.name).unwrap_or(&Value::Null))
+            }));
+            if !g.has_entry[s] && differs {
+                times[s] = self.conns[s].last_change_at(link.key(side)).map_err(self.conn_err(side))?.unwrap_or_else(|| (self.now)());
+            }
+        }
+        let merged = merge(self.spec, &canon[0], &canon[1], base, times);
+
+        let source = if g.has_entry[1] && !g.has_entry[0] { Side::Right } else { Side::Left };
+        plan.source = Some((source, link.key(source).clone()));
+        for side in [Side::Left, Side::Right] {
+            let s = side.index();
+            let mut values = Row::new();
+            let mut detail = serde_json::Map::new();
+            for f in &self.spec.fields {
+                let Some(v) = merged.values.get(&f.name) else { continue };
+                if v.same(canon[s].get(&f.name).unwrap_or(&Value::Null)) {
+                    continue;
+                }
+                if matches!(f.flow, Flow::From(owner) if owner == side) {
+                    continue;
+                }
+                match f.put(side, v, Some(rows[s])) {
+                    Ok(cols) => {
+                        for (c, nv) in cols {
+                            let before = rows[s].get(&c).cloned().unwrap_or(Value::Null);
+                            if !before.same(&nv) {
+                                detail.insert(c.clone(), serde_json::json!([before.to_json(), nv.to_json()]));
+                                values.insert(c, nv);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("cannot map to {}: {e}", self.spec.system(side));
+                        let from = side.other();
+                        plan.ops_always.extend(self.dead_letter(from, link.key(from), Some(f.name.clone()), Some(e.value_type.to_string()), msg, (self.now)()));
+                        return Ok(());
+                    }
+                }
+            }
+            if !values.is_empty() {
+                plan.writes.push((side, Write::Update { key: link.key(side).clone(), values }));
+                plan.report.updated[side.other().index()] += 1;
+                plan.ops_ok.push(Op::Audit(AuditRow {
+                    kind: "apply".into(),
+                    source: Some(side.other()),
+                    left_key: Some(link.left.clone()),
+                    right_key: Some(link.right.clone()),
+                    detail: serde_json::Value::Object(detail).to_string(),
+                    ..self.audit_base()
+                }));
+            }
+        }
+        for d in &merged.decisions {
+            plan.ops_first.push(Op::Audit(self.decision_audit(&link, d, "decision")));
+        }
+        plan.report.decided += merged.decisions.iter().filter(|d| !d.rule.starts_with("one_way")).count() as u64;
+        let open = self.store.open_conflicts_of(&self.spec.name, &link.left)?;
+        for h in &merged.held {
+            match open.iter().find(|c| c.field == h.field) {
+                Some(c) if c.left == h.left && c.right == h.right => {}
+                Some(c) => plan.ops_ok.push(Op::RefreshConflict { id: c.id, left: h.left.clone(), right: h.right.clone() }),
+                None => {
+                    plan.report.held += 1;
+                    plan.ops_ok.push(Op::OpenConflict(Conflict {
+                        id: 0,
+                        sync: self.sync(),
+                        left_key: link.left.clone(),
+                        right_key: link.right.clone(),
+                        field: h.field.clone(),
+                        base: h.base.clone(),
+                        left: h.left.clone(),
+                        right: h.right.clone(),
+                        opened_at: (self.now)(),
+                        resolution: None,
+                    }));
+                    plan.ops_ok.push(Op::Audit(self.decision_audit(&link, h, "conflict")));
+                }
+            }
+        }
+        for c in open.iter().filter(|c| !merged.held.iter().any(|h| h.field == c.field)) {
+            plan.ops_ok.push(Op::CloseConflict { id: c.id, resolution: "both sides agree now".into() });
+        }
+        plan.ops_ok.push(Op::PutLink { sync: self.sync(), link: Link { base: merged.base, ..link } });
+        Ok(())
+    }
+
+    fn decision_audit(&self, link: &Link, d: &Decision, kind: &str) -> AuditRow {
+        AuditRow {
+            kind: kind.into(),
+            left_key: Some(link.left.clone()),
+            right_key: Some(link.right.clone()),
+            field: Some(d.field.clone()),
+            base: d.base.clone(),
+            left: Some(d.left.clone()),
+            right: Some(d.right.clone()),
+            winner: d.winner,
+            rule: Some(d.rule.clone()),
+            detail: match d.winner {
+                Some(w) => format!("{} wins by rule {}", self.spec.system(w), d.rule),
+                None => "held for a person: resolve with `tandem conflicts`".into(),
+            },
+            ..self.audit_base()
+        }
+    }
+
+    /// Resolves a held conflict: writes the chosen value to both sides, records it as the base,
+    /// closes the conflict and audits the resolution.
+    pub fn resolve(&mut self, id: i64, how: Resolution) -> Result<Value, EngineError> {
+        let conflict = self
+            .store
+            .conflicts(Some(&self.spec.name), true)?
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| EngineError::Request(format!("no open conflict {id} in sync `{}`; list them with `tandem conflicts`", self.spec.name)))?;
+        let field = self
+            .spec
+            .fields
+            .iter()
+            .find(|f| f.name == conflict.field)
+            .ok_or_else(|| EngineError::Request(format!("field `{}` is no longer mapped in sync `{}`", conflict.field, self.spec.name)))?;
+        let link = self
+            .store
+            .link(&self.spec.name, Side::Left, &conflict.left_key)?
+            .ok_or_else(|| EngineError::Request(format!("record {} is no longer linked", conflict.left_key)))?;
+        let mut rows = [Row::new(), Row::new()];
+        for side in [Side::Left, Side::Right] {
+            let got = self.conns[side.index()].read(&[link.key(side).clone()]).map_err(self.conn_err(side))?;
+            rows[side.index()] = got.into_iter().next().flatten().ok_or_else(|| {
+                EngineError::Request(format!("record {} no longer exists on {}", link.key(side), self.spec.system(side)))
+            })?;
+        }
+        let current = |side: Side| field.get(side, &rows[side.index()]).map_err(|e| EngineError::Request(e.to_string()));
+        let (value, winner, label) = match how {
+            Resolution::Left => (current(Side::Left)?, Some(Side::Left), "take left".to_string()),
+            Resolution::Right => (current(Side::Right)?, Some(Side::Right), "take right".to_string()),
+            Resolution::Value(v) => {
+                let label = format!("set to {v}");
+                (v, None, label)
+            }
+        };
+        for side in [Side::Left, Side::Right] {
+            if current(side)?.same(&value) {
+                continue;
+            }
+            let cols = field.put(side, &value, Some(&rows[side.index()])).map_err(|e| EngineError::Request(e.to_string()))?;
+            let write = Write::Update { key: link.key(side).clone(), values: cols.into_iter().collect() };
+            let res = self.conns[side.index()].apply(&[write]).map_err(self.conn_err(side))?;
+            if let Some(Err(e)) = res.into_iter().next() {
+                return Err(EngineError::Request(format!("{} refused the value: {e}", self.spec.system(side))));
+            }
+        }
+        let mut base = link.base.clone();
+        base.insert(field.name.clone(), value.clone());
+        self.store.commit(vec![
+            Op::PutLink { sync: self.sync(), link: Link { base, ..link.clone() } },
+            Op::CloseConflict { id, resolution: label.clone() },
+            Op::Audit(AuditRow {
+                kind: "resolve".into(),
+                left_key: Some(link.left.clone()),
+                right_key: Some(link.right.clone()),
+                field: Some(field.name.clone()),
+                base: conflict.base.clone(),
+                left: Some(conflict.left.clone()),
+                right: Some(conflict.right.clone()),
+                winner,
+                rule: Some("operator".into()),
+                detail: format!("conflict {id} resolved by an operator: {label}"),
+                ..self.audit_base()
+            }),
+        ])?;
+        Ok(value)
+    }
+}
+
+/// Puts dead-lettered records back into the inbox (all of a sync's, or the given ids).
+pub fn retry_dead_letters(store: &mut dyn StateStore, sync: Option<&str>, ids: &[i64], now: i64) -> Result<usize, StoreError> {
+    let mut ops = Vec::new();
+    for d in store.dead_letters(sync)? {
+        if ids.is_empty() || ids.contains(&d.id) {
+            ops.push(Op::ClearDeadLetter { sync: d.sync.clone(), side: d.side, key: d.key.clone() });
+            ops.push(Op::Touch { sync: d.sync, side: d.side, key: d.key, at: now });
+        }
+    }
+    let n = ops.len() / 2;
+    store.commit(ops)?;
+    Ok(n)
+}

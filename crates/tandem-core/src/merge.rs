@@ -1,0 +1,185 @@
+//! Three-way, field-level merge of a linked record against its base.
+
+use crate::mapping::{Flow, Side};
+use crate::rules::{ConflictRule, SyncSpec};
+use crate::value::{Row, Value};
+
+/// A rule decision about one field, for the audit trail (and, with `hold`, the conflict list).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Canonical field name.
+    pub field: String,
+    /// The base value, `None` when the record had no base (first link by `match_on`).
+    pub base: Option<Value>,
+    /// Left's canonical value.
+    pub left: Value,
+    /// Right's canonical value.
+    pub right: Value,
+    /// The side whose value was kept; `None` when held.
+    pub winner: Option<Side>,
+    /// The rule that decided (`latest`, `prefer:right`, `hold`, `one_way:right`).
+    pub rule: String,
+}
+
+/// What a merge decided for one record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Merged {
+    /// Canonical value each field must have on both sides (held fields are left out).
+    pub values: Row,
+    /// The new base.
+    pub base: Row,
+    /// Rule decisions taken (fields changed on both sides, or edits to a read-only copy).
+    pub decisions: Vec<Decision>,
+    /// Conflicts held for a person.
+    pub held: Vec<Decision>,
+}
+
+/// Merges canonical `left` and `right` records against `base`.
+///
+/// A field changed on one side only takes that side's value; a field changed on both sides (to
+/// different values) goes to its conflict rule. `times` are the commit times (ms) of each side's
+/// latest change to the record, for `latest`.
+pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times: [i64; 2]) -> Merged {
+    let mut out = Merged::default();
+    for field in &spec.fields {
+        let name = &field.name;
+        let l = left.get(name).cloned().unwrap_or(Value::Null);
+        let r = right.get(name).cloned().unwrap_or(Value::Null);
+        let b = base.map(|b| b.get(name).cloned().unwrap_or(Value::Null));
+        let decision = |winner: Option<Side>, rule: String| Decision {
+            field: name.clone(),
+            base: b.clone(),
+            left: l.clone(),
+            right: r.clone(),
+            winner,
+            rule,
+        };
+        let pick = |side: Side| if side == Side::Left { l.clone() } else { r.clone() };
+        let chosen = if let Flow::From(owner) = field.flow {
+            let other = if owner == Side::Left { &r } else { &l };
+            let owner_v = pick(owner);
+            if !other.same(&owner_v) && b.as_ref().is_some_and(|b| !other.same(b)) {
+                out.decisions.push(decision(Some(owner), format!("one_way:{owner}")));
+            }
+            owner_v
+        } else if l.same(&r) {
+            l.clone()
+        } else if b.as_ref().is_some_and(|b| l.same(b)) {
+            r.clone()
+        } else if b.as_ref().is_some_and(|b| r.same(b)) {
+            l.clone()
+        } else {
+            let rule = spec.rule_for(name);
+            let winner = match rule {
+                ConflictRule::Prefer(side) => Some(*side),
+                ConflictRule::Hold => None,
+                ConflictRule::Latest => Some(match times[0].cmp(&times[1]) {
+                    std::cmp::Ordering::Greater => Side::Left,
+                    std::cmp::Ordering::Less => Side::Right,
+                    std::cmp::Ordering::Equal => spec.tie_break,
+                }),
+            };
+            match winner {
+                Some(side) => {
+                    out.decisions.push(decision(Some(side), rule.name()));
+                    pick(side)
+                }
+                None => {
+                    out.held.push(decision(None, rule.name()));
+                    out.base.insert(name.clone(), b.clone().unwrap_or(Value::Null));
+                    continue;
+                }
+            }
+        };
+        out.base.insert(name.clone(), chosen.clone());
+        out.values.insert(name.clone(), chosen);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{FieldMap, Transform};
+    use crate::rules::{DeleteRule, EntitySpec};
+
+    fn spec(rule: ConflictRule) -> SyncSpec {
+        let f = |n: &str, flow| FieldMap {
+            name: n.into(),
+            left: vec![n.into()],
+            right: vec![n.into()],
+            transform: Transform::Rename,
+            flow,
+        };
+        let e = |s: &str| EntitySpec { system: s.into(), table: "t".into(), key: vec!["id".into()] };
+        SyncSpec {
+            name: "s".into(),
+            sides: [e("a"), e("b")],
+            fields: vec![f("x", Flow::Both), f("y", Flow::Both), f("terms", Flow::From(Side::Right))],
+            rule,
+            field_rules: vec![("y".into(), ConflictRule::Prefer(Side::Left))],
+            tie_break: Side::Left,
+            match_on: None,
+            deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
+            filters: [None, None],
+            defaults: [Row::new(), Row::new()],
+        }
+    }
+
+    fn row(x: &str, y: &str, t: &str) -> Row {
+        [("x", x), ("y", y), ("terms", t)].iter().map(|(k, v)| (k.to_string(), Value::Text(v.to_string()))).collect()
+    }
+
+    #[test]
+    fn one_sided_changes_to_different_fields_both_survive() {
+        let s = spec(ConflictRule::Latest);
+        let m = merge(&s, &row("x1", "y0", "t"), &row("x0", "y1", "t"), Some(&row("x0", "y0", "t")), [5, 1]);
+        assert_eq!(m.values, row("x1", "y1", "t"));
+        assert!(m.decisions.is_empty());
+    }
+
+    #[test]
+    fn latest_picks_the_later_side_and_audits_it() {
+        let s = spec(ConflictRule::Latest);
+        let m = merge(&s, &row("xl", "y0", "t"), &row("xr", "y0", "t"), Some(&row("x0", "y0", "t")), [1, 9]);
+        assert_eq!(m.values["x"], Value::Text("xr".into()));
+        assert_eq!(m.decisions.len(), 1);
+        assert_eq!(m.decisions[0].winner, Some(Side::Right));
+        assert_eq!(m.decisions[0].rule, "latest");
+        let tie = merge(&s, &row("xl", "y0", "t"), &row("xr", "y0", "t"), Some(&row("x0", "y0", "t")), [3, 3]);
+        assert_eq!(tie.values["x"], Value::Text("xl".into()));
+    }
+
+    #[test]
+    fn per_field_rule_overrides_the_sync_rule() {
+        let s = spec(ConflictRule::Latest);
+        let m = merge(&s, &row("x0", "yl", "t"), &row("x0", "yr", "t"), Some(&row("x0", "y0", "t")), [1, 9]);
+        assert_eq!(m.values["y"], Value::Text("yl".into()));
+        assert_eq!(m.decisions[0].rule, "prefer:left");
+    }
+
+    #[test]
+    fn hold_writes_neither_side_and_keeps_the_base() {
+        let s = spec(ConflictRule::Hold);
+        let m = merge(&s, &row("xl", "y0", "t"), &row("xr", "y0", "t"), Some(&row("x0", "y0", "t")), [1, 9]);
+        assert!(!m.values.contains_key("x"));
+        assert_eq!(m.base["x"], Value::Text("x0".into()));
+        assert_eq!(m.held.len(), 1);
+    }
+
+    #[test]
+    fn one_way_field_reverts_edits_on_the_read_only_side() {
+        let s = spec(ConflictRule::Latest);
+        let m = merge(&s, &row("x0", "y0", "edited"), &row("x0", "y0", "t"), Some(&row("x0", "y0", "t")), [9, 1]);
+        assert_eq!(m.values["terms"], Value::Text("t".into()));
+        assert_eq!(m.decisions[0].rule, "one_way:right");
+    }
+
+    #[test]
+    fn without_a_base_differing_fields_go_to_the_rule() {
+        let s = spec(ConflictRule::Prefer(Side::Right));
+        let m = merge(&s, &row("xl", "same", "t"), &row("xr", "same", "t"), None, [0, 0]);
+        assert_eq!(m.values["x"], Value::Text("xr".into()));
+        assert_eq!(m.decisions.len(), 1);
+    }
+}

@@ -1,0 +1,213 @@
+//! Values, rows and record keys as the engine sees them, independent of any system's types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One field value in the engine's canonical form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// SQL NULL, kept apart from the empty string.
+    Null,
+    /// A 64-bit signed integer.
+    Int(i64),
+    /// A double-precision float.
+    Float(f64),
+    /// UTF-8 text.
+    Text(String),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+    /// A boolean, for systems that have one.
+    Bool(bool),
+}
+
+/// A record's columns by name.
+pub type Row = BTreeMap<String, Value>;
+
+impl Value {
+    /// The name of this value's type, for error messages and dead letters.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Int(_) => "integer",
+            Value::Float(_) => "real",
+            Value::Text(_) => "text",
+            Value::Bytes(_) => "blob",
+            Value::Bool(_) => "boolean",
+        }
+    }
+
+    /// True for `Null`.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The value as text when it is text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Equality that tolerates the type changes a storage engine makes on write: an integer
+    /// stored into a text column reads back as its decimal text, 1 and 1.0 are the same number.
+    /// Used wherever the engine asks "did this field change?", so a coercion never looks like an
+    /// edit (which would make two systems bounce a value back and forth forever).
+    pub fn same(&self, other: &Value) -> bool {
+        if self == other {
+            return true;
+        }
+        match (self, other) {
+            (Value::Int(a), Value::Float(b)) | (Value::Float(b), Value::Int(a)) => (*a as f64) == *b,
+            (Value::Int(a), Value::Text(t)) | (Value::Text(t), Value::Int(a)) => a.to_string() == *t,
+            (Value::Float(a), Value::Text(t)) | (Value::Text(t), Value::Float(a)) => {
+                t.parse::<f64>().map(|b| b == *a).unwrap_or(false) && !t.trim().is_empty()
+            }
+            (Value::Bool(a), Value::Int(i)) | (Value::Int(i), Value::Bool(a)) => i64::from(*a) == *i,
+            _ => false,
+        }
+    }
+
+    /// The JSON form used in the state store and the audit trail.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or_else(|| J::String(f.to_string())),
+            Value::Text(s) => J::String(s.clone()),
+            Value::Bytes(b) => {
+                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                serde_json::json!({ "$bytes": hex })
+            }
+            Value::Bool(b) => J::Bool(*b),
+        }
+    }
+
+    /// Reads the JSON form written by [`Value::to_json`].
+    pub fn from_json(j: &serde_json::Value) -> Value {
+        use serde_json::Value as J;
+        match j {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            J::String(s) => Value::Text(s.clone()),
+            J::Object(o) => match o.get("$bytes").and_then(|h| h.as_str()) {
+                Some(hex) => Value::Bytes(
+                    (0..hex.len() / 2)
+                        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                        .collect(),
+                ),
+                None => Value::Text(j.to_string()),
+            },
+            J::Array(_) => Value::Text(j.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("NULL"),
+            Value::Text(s) => write!(f, "{s:?}"),
+            other => write!(f, "{}", other.to_json()),
+        }
+    }
+}
+
+/// Encodes a row as JSON text.
+pub fn row_to_json(row: &Row) -> String {
+    let map: serde_json::Map<String, serde_json::Value> =
+        row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Decodes a row written by [`row_to_json`]; anything else gives an empty row.
+pub fn row_from_json(text: &str) -> Row {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => {
+            map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect()
+        }
+        _ => Row::new(),
+    }
+}
+
+/// A record's primary key on one system: the key column values in key order, held as their
+/// canonical JSON array text so it can be compared, ordered and stored as one string.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// Builds a key from its column values.
+    pub fn from_values(values: &[Value]) -> Key {
+        let arr: Vec<serde_json::Value> = values.iter().map(Value::to_json).collect();
+        Key(serde_json::Value::Array(arr).to_string())
+    }
+
+    /// Parses the stored text form; it is re-encoded so equal keys compare equal.
+    pub fn parse(text: &str) -> Option<Key> {
+        match serde_json::from_str::<serde_json::Value>(text).ok()? {
+            serde_json::Value::Array(items) => {
+                let vals: Vec<Value> = items.iter().map(Value::from_json).collect();
+                Some(Key::from_values(&vals))
+            }
+            _ => None,
+        }
+    }
+
+    /// The key column values.
+    pub fn values(&self) -> Vec<Value> {
+        match serde_json::from_str::<serde_json::Value>(&self.0) {
+            Ok(serde_json::Value::Array(items)) => items.iter().map(Value::from_json).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The stored text form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_compare() {
+        let k = Key::from_values(&[Value::Int(7), Value::Text("a\"b".into())]);
+        assert_eq!(Key::parse(k.as_str()), Some(k.clone()));
+        assert_eq!(k.values(), vec![Value::Int(7), Value::Text("a\"b".into())]);
+        assert_eq!(Key::parse("[ 7 ]"), Some(Key::from_values(&[Value::Int(7)])));
+    }
+
+    #[test]
+    fn loose_equality_only_covers_storage_coercions() {
+        assert!(Value::Int(5).same(&Value::Text("5".into())));
+        assert!(Value::Int(1).same(&Value::Float(1.0)));
+        assert!(!Value::Int(5).same(&Value::Text("05".into())));
+        assert!(!Value::Null.same(&Value::Text(String::new())));
+        assert!(!Value::Text("a".into()).same(&Value::Text("A".into())));
+    }
+
+    #[test]
+    fn rows_round_trip_through_json() {
+        let mut row = Row::new();
+        row.insert("a".into(), Value::Bytes(vec![0, 255]));
+        row.insert("b".into(), Value::Null);
+        row.insert("c".into(), Value::Text(String::new()));
+        row.insert("d".into(), Value::Float(1.5));
+        assert_eq!(row_from_json(&row_to_json(&row)), row);
+    }
+}
