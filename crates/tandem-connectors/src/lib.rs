@@ -1,1 +1,5 @@
-pub fn x(){}
+//! Tandem's connectors, one module per kind of system, and the SQLite-backed state store.
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+pub mod state;

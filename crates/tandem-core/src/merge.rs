@@ -64,6 +64,9 @@ pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times
             owner_v
         } else if l.same(&r) {
             l.clone()
+        } else if b.is_none() && (l.is_null() || r.is_null()) {
+            // First link of two existing records: an empty field takes the other side's value.
+            if l.is_null() { r.clone() } else { l.clone() }
         } else if b.as_ref().is_some_and(|b| l.same(b)) {
             r.clone()
         } else if b.as_ref().is_some_and(|b| r.same(b)) {
@@ -173,6 +176,16 @@ mod tests {
         let m = merge(&s, &row("x0", "y0", "edited"), &row("x0", "y0", "t"), Some(&row("x0", "y0", "t")), [9, 1]);
         assert_eq!(m.values["terms"], Value::Text("t".into()));
         assert_eq!(m.decisions[0].rule, "one_way:right");
+    }
+
+    #[test]
+    fn without_a_base_an_empty_field_takes_the_other_value() {
+        let s = spec(ConflictRule::Hold);
+        let mut l = row("x", "y", "t");
+        l.insert("x".into(), Value::Null);
+        let m = merge(&s, &l, &row("xr", "y", "t"), None, [0, 0]);
+        assert_eq!(m.values["x"], Value::Text("xr".into()));
+        assert!(m.held.is_empty() && m.decisions.is_empty());
     }
 
     #[test]

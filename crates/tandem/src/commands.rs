@@ -1,0 +1,301 @@
+//! The subcommands that work on a config: run, check, status, conflicts, dead letters, audit,
+//! uninstall.
+
+use crate::config::{self, Config};
+use crate::error::CliError;
+use crate::format;
+use crate::runner::{now_ms, Runner};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_connectors::sqlite::SqliteTable;
+use tandem_connectors::state::SqliteStore;
+use tandem_core::engine::{retry_dead_letters, Report, Resolution};
+use tandem_core::mapping::Side;
+use tandem_core::store::StateStore;
+
+fn load(path: &Path) -> Result<Config, CliError> {
+    Ok(config::load(path)?)
+}
+
+/// Runs the syncs until stopped (or caught up with `once`); returns the totals per sync.
+pub fn sync_until(runner: &mut Runner, once: bool, stop: &AtomicBool) -> Result<Vec<Report>, CliError> {
+    let mut totals = vec![Report::default(); runner.cfg.syncs.len()];
+    let deadline_failures = 8;
+    loop {
+        let (reports, failures) = runner.cycle();
+        let mut busy = false;
+        for (i, r) in reports.iter().enumerate() {
+            if r.busy() {
+                busy = true;
+                tracing::info!(
+                    sync = %runner.cfg.syncs[i].name,
+                    captured_left = r.captured[0],
+                    captured_right = r.captured[1],
+                    loaded = r.loaded[0] + r.loaded[1],
+                    processed = r.processed,
+                    created = r.created[0] + r.created[1],
+                    updated = r.updated[0] + r.updated[1],
+                    deleted = r.deleted[0] + r.deleted[1],
+                    conflicts = r.decided + r.held,
+                    dead_letters = r.dead_letters,
+                    "batch"
+                );
+            }
+            totals[i].add(r);
+        }
+        for f in &failures {
+            tracing::error!(sync = %f.sync, failures = f.failures, error = %f.error, "sync failed; retrying with backoff");
+            if f.fatal || (once && f.failures >= deadline_failures) {
+                return Err(CliError::Engine(f.error_clone()));
+            }
+        }
+        if stop.load(Ordering::SeqCst) || (once && !busy && failures.is_empty()) {
+            return Ok(totals);
+        }
+        if !busy {
+            let until = Instant::now() + if failures.is_empty() { runner.cfg.poll_interval } else { Duration::from_millis(100) };
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+trait ErrorClone {
+    fn error_clone(&self) -> tandem_core::engine::EngineError;
+}
+
+impl ErrorClone for crate::runner::SyncFailure {
+    fn error_clone(&self) -> tandem_core::engine::EngineError {
+        tandem_core::engine::EngineError::Request(format!("sync `{}` failed: {}", self.sync, self.error))
+    }
+}
+
+/// `tandem run`.
+pub fn run(path: &Path, once: bool) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .map_err(|e| CliError::Usage(format!("cannot install the Ctrl-C handler: {e}")))?;
+    }
+    let mut runner = Runner::open(cfg)?;
+    tracing::info!(syncs = runner.cfg.syncs.len(), once, "tandem started");
+    let totals = sync_until(&mut runner, once, &stop)?;
+    if once {
+        for (spec, r) in runner.cfg.syncs.iter().zip(&totals) {
+            print!("{}", format::summary(spec, r));
+        }
+    } else {
+        tracing::info!("stopped cleanly");
+    }
+    Ok(())
+}
+
+/// `tandem check`.
+pub fn check(path: &Path) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    println!("{}: OK", cfg.file.display());
+    for spec in &cfg.syncs {
+        let l = spec.side(Side::Left);
+        let r = spec.side(Side::Right);
+        println!(
+            "  sync `{}`: {}.{} (key {}) ⇄ {}.{} (key {}), {} fields",
+            spec.name,
+            l.system,
+            l.table,
+            l.key.join(", "),
+            r.system,
+            r.table,
+            r.key.join(", "),
+            spec.fields.len()
+        );
+        for f in &spec.fields {
+            if let Some(note) = f.lossy_note() {
+                println!("    note: field `{}` is lossy in one case: {note}", f.name);
+            }
+        }
+        for side in [Side::Left, Side::Right] {
+            let ent = spec.side(side);
+            if let Ok(t) = SqliteTable::open(cfg.sqlite_path(&ent.system), &ent.table, &ent.key) {
+                if !t.capture_installed().unwrap_or(false) {
+                    println!("    {}.{}: change capture is not installed yet; `tandem run` installs it (triggers and table _tandem_changes)", ent.system, ent.table);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `tandem status`.
+pub fn status(path: &Path) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    SqliteStore::open_existing(&cfg.state)?;
+    let mut runner = Runner::open(cfg)?;
+    for i in 0..runner.cfg.syncs.len() {
+        let spec = runner.cfg.syncs[i].clone();
+        let name = spec.name.as_str();
+        let linked = runner.store.link_count(name)?;
+        println!("sync `{name}`: {} ⇄ {}", spec.system(Side::Left), spec.system(Side::Right));
+        println!("  records linked:      {linked}");
+        for side in [Side::Left, Side::Right] {
+            let inbox = runner.store.inbox_len(name, side)?;
+            let backlog = runner.backlog(i, side);
+            let pending = match backlog {
+                Some(b) => format!("{}", inbox + b),
+                None => format!("{inbox} (+ unknown: {} is unreachable)", spec.system(side)),
+            };
+            println!("  pending from {:<7} {pending}", format!("{}:", spec.system(side)));
+        }
+        let last = runner.store.meta(name, "last_sync")?.and_then(|v| v.parse::<i64>().ok());
+        println!("  last successful sync: {}", last.map(format::time).unwrap_or_else(|| "never".into()));
+        let load = [Side::Left, Side::Right]
+            .iter()
+            .filter_map(|s| runner.store.meta(name, &format!("snapshot:{s}")).ok().flatten().map(|_| spec.system(*s).to_string()))
+            .collect::<Vec<_>>();
+        if !load.is_empty() {
+            println!("  initial load running on: {}", load.join(", "));
+        }
+        println!("  open conflicts:      {}", runner.store.conflicts(Some(name), true)?.len());
+        println!("  dead letters:        {}", runner.store.dead_letters(Some(name))?.len());
+    }
+    Ok(())
+}
+
+/// `tandem conflicts`.
+pub fn conflicts(path: &Path, resolve: Option<(i64, Resolution)>, all: bool) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    SqliteStore::open_existing(&cfg.state)?;
+    let mut runner = Runner::open(cfg)?;
+    if let Some((id, how)) = resolve {
+        let c = runner
+            .store
+            .conflicts(None, true)?
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| CliError::Usage(format!("there is no open conflict {id}; `tandem conflicts` lists them")))?;
+        let i = runner.cfg.syncs.iter().position(|s| s.name == c.sync).ok_or_else(|| CliError::Usage(format!("conflict {id} belongs to sync `{}`, which is no longer configured", c.sync)))?;
+        let value = runner.with_engine(i, |engine| engine.resolve(id, how))?;
+        println!("conflict {id} resolved: field `{}` is now {} on both sides (audited)", c.field, format::value(&value));
+        return Ok(());
+    }
+    let list = runner.store.conflicts(None, !all)?;
+    if list.is_empty() {
+        println!("no {}conflicts", if all { "" } else { "open " });
+        return Ok(());
+    }
+    for c in list {
+        let spec = runner.cfg.syncs.iter().find(|s| s.name == c.sync);
+        let (l, r) = spec.map(|s| (s.system(Side::Left).to_string(), s.system(Side::Right).to_string())).unwrap_or(("left".into(), "right".into()));
+        println!("conflict {} (sync `{}`, opened {}){}", c.id, c.sync, format::time(c.opened_at), c.resolution.as_ref().map(|r| format!(", resolved: {r}")).unwrap_or_default());
+        println!("  record: {l} {} ⇄ {r} {}", c.left_key, c.right_key);
+        println!("  field:  {}", c.field);
+        println!("  base:   {}", c.base.as_ref().map(format::value).unwrap_or_else(|| "(none: linked by match_on)".into()));
+        println!("  {l:<7} {}", format::value(&c.left));
+        println!("  {r:<7} {}", format::value(&c.right));
+        if c.resolution.is_none() {
+            println!("  resolve: tandem conflicts --resolve {} --take left|right   (or --value VALUE)", c.id);
+        }
+    }
+    Ok(())
+}
+
+/// `tandem dead-letters`.
+pub fn dead_letters(path: &Path, retry: &[i64], retry_all: bool) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    let mut store = SqliteStore::open_existing(&cfg.state)?;
+    if retry_all || !retry.is_empty() {
+        let n = retry_dead_letters(&mut store, None, retry, now_ms())?;
+        println!("queued {n} record(s) again; `tandem run` syncs them");
+        return Ok(());
+    }
+    let list = store.dead_letters(None)?;
+    if list.is_empty() {
+        println!("no dead letters");
+    }
+    for d in list {
+        let spec = cfg.syncs.iter().find(|s| s.name == d.sync);
+        let sys = spec.map(|s| s.system(d.side).to_string()).unwrap_or_else(|| d.side.to_string());
+        println!(
+            "dead letter {} (sync `{}`, {}): record {} from {sys}, field {}, value type {}\n  {}",
+            d.id,
+            d.sync,
+            format::time(d.at),
+            d.key,
+            d.field.as_deref().unwrap_or("-"),
+            d.value_type.as_deref().unwrap_or("-"),
+            d.error
+        );
+    }
+    Ok(())
+}
+
+/// `tandem audit`.
+pub fn audit(path: &Path, key: Option<&str>, sync: Option<&str>, limit: usize) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    let mut store = SqliteStore::open_existing(&cfg.state)?;
+    let rows = match key {
+        Some(k) => store.audit_of(sync, k)?,
+        None => store.audit(sync)?,
+    };
+    let skip = rows.len().saturating_sub(limit);
+    for a in rows.into_iter().skip(skip) {
+        let spec = cfg.syncs.iter().find(|s| s.name == a.sync);
+        let sys = |s: Side| spec.map(|x| x.system(s).to_string()).unwrap_or_else(|| s.to_string());
+        let mut line = format!("#{} {} [{}] {}", a.id, format::time(a.at), a.sync, a.kind);
+        if let (Some(l), Some(r)) = (&a.left_key, &a.right_key) {
+            line.push_str(&format!(" {} {l} ⇄ {} {r}", sys(Side::Left), sys(Side::Right)));
+        } else if let Some(l) = &a.left_key {
+            line.push_str(&format!(" {} {l}", sys(Side::Left)));
+        } else if let Some(r) = &a.right_key {
+            line.push_str(&format!(" {} {r}", sys(Side::Right)));
+        }
+        if let Some(f) = &a.field {
+            line.push_str(&format!(" field {f}:"));
+            if let Some(b) = &a.base {
+                line.push_str(&format!(" base {}", format::value(b)));
+            }
+            if let Some(l) = &a.left {
+                line.push_str(&format!(", {} {}", sys(Side::Left), format::value(l)));
+            }
+            if let Some(r) = &a.right {
+                line.push_str(&format!(", {} {}", sys(Side::Right), format::value(r)));
+            }
+        }
+        if let Some(rule) = &a.rule {
+            line.push_str(&format!(" rule {rule}"));
+        }
+        if !a.detail.is_empty() {
+            line.push_str(&format!(" — {}", a.detail));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `tandem uninstall`.
+pub fn uninstall(path: &Path) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    let mut cleared = Vec::new();
+    for spec in &cfg.syncs {
+        for side in [Side::Left, Side::Right] {
+            let ent = spec.side(side);
+            let mut t = SqliteTable::open(cfg.sqlite_path(&ent.system), &ent.table, &ent.key)?;
+            println!("{}", t.uninstall()?);
+            cleared.push(spec.name.clone());
+        }
+    }
+    if cfg.state.exists() {
+        let mut store = SqliteStore::open(&cfg.state)?;
+        for name in cleared {
+            for side in ["left", "right"] {
+                store.commit(vec![tandem_core::store::Op::Meta { sync: name.clone(), name: format!("init:{side}"), value: None }])?;
+            }
+        }
+        println!("the state file keeps links and audit; the next `tandem run` reinstalls capture and re-reads both sides");
+    }
+    Ok(())
+}
