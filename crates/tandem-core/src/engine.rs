@@ -399,6 +399,7 @@ impl<'a> Engine<'a> {
         let mut confirmed: [Vec<String>; 2] = [Vec::new(), Vec::new()];
         let now = (self.now)();
         for (plan, res) in plans.into_iter().zip(results) {
+            report.dead_letters += plan.ops_always.iter().filter(|op| matches!(op, Op::DeadLetter(_))).count() as u64;
             ops.extend(plan.ops_always);
             if let Some(err) = res.iter().find_map(|r| r.as_ref().err()) {
                 if let Some((side, key)) = plan.source {
@@ -560,6 +561,8 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let v = canon.get(&f.name).cloned().unwrap_or(Value::Null);
+            // The target may fill an empty field with a default: read the record back.
+            revisit |= v.is_null();
             match f.put(other, &v, None) {
                 Ok(cols) => values.extend(cols),
                 Err(e) => {

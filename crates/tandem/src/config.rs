@@ -280,6 +280,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .map_err(|p| fail(vec![p]))?;
     let mut ctx = Ctx { text, problems: Vec::new() };
     for path in unknown {
+        let path: String = path.split('.').filter(|seg| !seg.starts_with("$__serde_spanned")).collect::<Vec<_>>().join(".");
         let key = path.rsplit('.').next().unwrap_or(&path).to_string();
         ctx.problems.push(Problem {
             line: line_of_path(text, &path),

@@ -190,6 +190,12 @@ impl SqliteTable {
         }
         let result = match w {
             Write::Insert { intent, values } => {
+                // A NULL for a NOT NULL column with a default means "let the default apply".
+                let values: Row = values
+                    .iter()
+                    .filter(|(c, v)| !(v.is_null() && self.columns.iter().any(|x| &x.name == *c && x.not_null && x.has_default)))
+                    .map(|(c, v)| (c.clone(), v.clone()))
+                    .collect();
                 let cols: Vec<String> = values.keys().map(|c| ident(c)).collect();
                 let marks: Vec<String> = (1..=values.len()).map(|i| format!("?{i}")).collect();
                 let keys: Vec<String> = self.key.iter().map(|k| ident(k)).collect();

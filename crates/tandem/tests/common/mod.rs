@@ -1,0 +1,121 @@
+//! Helpers for tests that drive the `tandem` binary on real SQLite files.
+#![allow(dead_code)]
+
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A fresh folder for one test, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tandem-test-{name}-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tandem")
+}
+
+pub fn tandem(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("TANDEM_LOG", "warn").output().expect("tandem runs")
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+pub fn db(path: &Path) -> Connection {
+    let c = Connection::open(path).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// Rows of a query as plain strings (NULL for null), for comparisons.
+pub fn rows(conn: &Connection, sql: &str) -> Vec<Vec<String>> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    let mut out = Vec::new();
+    let mut r = stmt.query([]).unwrap();
+    while let Some(row) = r.next().unwrap() {
+        out.push(
+            (0..n)
+                .map(|i| match row.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                    rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    rusqlite::types::ValueRef::Blob(b) => format!("{b:?}"),
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Two small databases and a config pairing them: `a.db` people(id, name, email, note, tier)
+/// and `b.db` clients(no, first, last, mail, memo, level NOT NULL).
+pub fn pair(dir: &TempDir, extra: &str) -> PathBuf {
+    db(&dir.path("a.db"))
+        .execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, email TEXT, note TEXT, tier TEXT);")
+        .unwrap();
+    db(&dir.path("b.db"))
+        .execute_batch("CREATE TABLE clients (no INTEGER PRIMARY KEY AUTOINCREMENT, first TEXT NOT NULL, last TEXT, mail TEXT, memo TEXT, level TEXT NOT NULL DEFAULT 'std');")
+        .unwrap();
+    let cfg = format!(
+        r#"state = "state.db"
+poll_interval_ms = 50
+[systems.a]
+kind = "sqlite"
+path = "a.db"
+[systems.b]
+kind = "sqlite"
+path = "b.db"
+[[sync]]
+name = "people"
+left = {{ system = "a", table = "people" }}
+right = {{ system = "b", table = "clients" }}
+match_on = {{ left = "email", right = "mail", case_insensitive = true }}
+{extra}
+[[sync.fields]]
+left = "name"
+right = ["first", "last"]
+transform = "split_name"
+[[sync.fields]]
+left = "email"
+right = "mail"
+[[sync.fields]]
+left = "note"
+right = "memo"
+[[sync.fields]]
+left = "tier"
+right = "level"
+transform = {{ map = {{ "gold" = "GLD", "standard" = "std" }} }}
+"#
+    );
+    let path = dir.path("tandem.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
