@@ -55,7 +55,10 @@ impl SqliteStore {
     /// Opens an existing state file without creating one (for read-only commands).
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
-            return Err(StoreError::new(format!("state file {} does not exist yet; run `tandem run` first", path.display())));
+            return Err(StoreError::new(format!(
+                "state file {} does not exist yet; run `tandem run` first",
+                path.display()
+            )));
         }
         Self::open(path)
     }
@@ -80,13 +83,25 @@ impl SqliteStore {
                 )?;
             }
             Op::Untouch { sync, side, key } => {
-                tx.execute("DELETE FROM inbox WHERE sync = ?1 AND side = ?2 AND key = ?3", params![sync, side.as_str(), key.as_str()])?;
+                tx.execute(
+                    "DELETE FROM inbox WHERE sync = ?1 AND side = ?2 AND key = ?3",
+                    params![sync, side.as_str(), key.as_str()],
+                )?;
             }
             Op::PutLink { sync, link } => {
-                tx.execute("DELETE FROM links WHERE sync = ?1 AND (left_key = ?2 OR right_key = ?3)", params![sync, link.left.as_str(), link.right.as_str()])?;
+                tx.execute(
+                    "DELETE FROM links WHERE sync = ?1 AND (left_key = ?2 OR right_key = ?3)",
+                    params![sync, link.left.as_str(), link.right.as_str()],
+                )?;
                 tx.execute(
                     "INSERT INTO links (sync, left_key, right_key, base, tombstone) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![sync, link.left.as_str(), link.right.as_str(), row_to_json(&link.base), link.tombstone.map(Side::as_str)],
+                    params![
+                        sync,
+                        link.left.as_str(),
+                        link.right.as_str(),
+                        row_to_json(&link.base),
+                        link.tombstone.map(Side::as_str)
+                    ],
                 )?;
             }
             Op::DropLink { sync, left } => {
@@ -108,10 +123,16 @@ impl SqliteStore {
                 )?;
             }
             Op::RefreshConflict { id, left, right } => {
-                tx.execute("UPDATE conflicts SET left_value = ?2, right_value = ?3 WHERE id = ?1", params![id, enc(&left), enc(&right)])?;
+                tx.execute(
+                    "UPDATE conflicts SET left_value = ?2, right_value = ?3 WHERE id = ?1",
+                    params![id, enc(&left), enc(&right)],
+                )?;
             }
             Op::CloseConflict { id, resolution } => {
-                tx.execute("UPDATE conflicts SET resolution = ?2 WHERE id = ?1 AND resolution IS NULL", params![id, resolution])?;
+                tx.execute(
+                    "UPDATE conflicts SET resolution = ?2 WHERE id = ?1 AND resolution IS NULL",
+                    params![id, resolution],
+                )?;
             }
             Op::DeadLetter(d) => {
                 tx.execute(
@@ -120,7 +141,10 @@ impl SqliteStore {
                 )?;
             }
             Op::ClearDeadLetter { sync, side, key } => {
-                tx.execute("DELETE FROM dead_letters WHERE sync = ?1 AND side = ?2 AND key = ?3", params![sync, side.as_str(), key.as_str()])?;
+                tx.execute(
+                    "DELETE FROM dead_letters WHERE sync = ?1 AND side = ?2 AND key = ?3",
+                    params![sync, side.as_str(), key.as_str()],
+                )?;
             }
             Op::Audit(a) => {
                 tx.execute(
@@ -181,17 +205,22 @@ impl SqliteStore {
     /// Audit rows of one record (by its left or right key), in order.
     pub fn audit_of(&mut self, sync: Option<&str>, key_text: &str) -> Result<Vec<AuditRow>, StoreError> {
         let all = self.audit(sync)?;
-        let k = Key::parse(key_text).or_else(|| key_text.parse::<i64>().ok().map(|i| Key::from_values(&[Value::Int(i)])));
+        let k =
+            Key::parse(key_text).or_else(|| key_text.parse::<i64>().ok().map(|i| Key::from_values(&[Value::Int(i)])));
         let k = k.unwrap_or_else(|| Key::from_values(&[Value::Text(key_text.to_string())]));
         Ok(all.into_iter().filter(|a| a.left_key.as_ref() == Some(&k) || a.right_key.as_ref() == Some(&k)).collect())
     }
 }
 
-const CONFLICT_COLS: &str = "id, sync, left_key, right_key, field, base, left_value, right_value, opened_at, resolution";
+const CONFLICT_COLS: &str =
+    "id, sync, left_key, right_key, field, base, left_value, right_value, opened_at, resolution";
 
 impl StateStore for SqliteStore {
     fn commit(&mut self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| err("beginning commit", e))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| err("beginning commit", e))?;
         for op in ops {
             Self::apply(&tx, op).map_err(|e| err("writing state", e))?;
         }
@@ -200,17 +229,27 @@ impl StateStore for SqliteStore {
 
     fn cursor(&mut self, sync: &str, s: Side) -> Result<Option<u64>, StoreError> {
         self.conn
-            .query_row("SELECT pos FROM cursors WHERE sync = ?1 AND side = ?2", params![sync, s.as_str()], |r| r.get::<_, i64>(0))
+            .query_row("SELECT pos FROM cursors WHERE sync = ?1 AND side = ?2", params![sync, s.as_str()], |r| {
+                r.get::<_, i64>(0)
+            })
             .optional()
             .map(|p| p.map(|p| p as u64))
             .map_err(|e| err("reading cursor", e))
     }
 
     fn inbox(&mut self, sync: &str, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT seq, side, key, at FROM inbox WHERE sync = ?1 ORDER BY seq LIMIT ?2").map_err(|e| err("reading inbox", e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, side, key, at FROM inbox WHERE sync = ?1 ORDER BY seq LIMIT ?2")
+            .map_err(|e| err("reading inbox", e))?;
         let rows = stmt
             .query_map(params![sync, limit as i64], |r| {
-                Ok(InboxEntry { seq: r.get(0)?, side: side(&r.get::<_, String>(1)?), key: key(r.get(2)?), at: r.get(3)? })
+                Ok(InboxEntry {
+                    seq: r.get(0)?,
+                    side: side(&r.get::<_, String>(1)?),
+                    key: key(r.get(2)?),
+                    at: r.get(3)?,
+                })
             })
             .and_then(|it| it.collect())
             .map_err(|e| err("reading inbox", e))?;
@@ -219,7 +258,9 @@ impl StateStore for SqliteStore {
 
     fn inbox_len(&mut self, sync: &str, s: Side) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT count(*) FROM inbox WHERE sync = ?1 AND side = ?2", params![sync, s.as_str()], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM inbox WHERE sync = ?1 AND side = ?2", params![sync, s.as_str()], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
             .map_err(|e| err("counting inbox", e))
     }
@@ -234,20 +275,29 @@ impl StateStore for SqliteStore {
     }
 
     fn links(&mut self, sync: &str) -> Result<Vec<Link>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT left_key, right_key, base, tombstone FROM links WHERE sync = ?1").map_err(|e| err("reading links", e))?;
-        let rows = stmt.query_map([sync], Self::link_from).and_then(|it| it.collect()).map_err(|e| err("reading links", e))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT left_key, right_key, base, tombstone FROM links WHERE sync = ?1")
+            .map_err(|e| err("reading links", e))?;
+        let rows =
+            stmt.query_map([sync], Self::link_from).and_then(|it| it.collect()).map_err(|e| err("reading links", e))?;
         Ok(rows)
     }
 
     fn link_count(&mut self, sync: &str) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT count(*) FROM links WHERE sync = ?1 AND tombstone IS NULL", [sync], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM links WHERE sync = ?1 AND tombstone IS NULL", [sync], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
             .map_err(|e| err("counting links", e))
     }
 
     fn intents(&mut self, sync: &str) -> Result<Vec<Intent>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT id, source, source_key, base, revisit FROM intents WHERE sync = ?1").map_err(|e| err("reading intents", e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, source, source_key, base, revisit FROM intents WHERE sync = ?1")
+            .map_err(|e| err("reading intents", e))?;
         let rows = stmt
             .query_map([sync], |r| {
                 Ok(Intent {
@@ -268,14 +318,20 @@ impl StateStore for SqliteStore {
             "SELECT {CONFLICT_COLS} FROM conflicts WHERE (?1 IS NULL OR sync = ?1) AND (?2 = 0 OR resolution IS NULL) ORDER BY id"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(|e| err("reading conflicts", e))?;
-        let rows = stmt.query_map(params![sync, open_only], Self::conflict_from).and_then(|it| it.collect()).map_err(|e| err("reading conflicts", e))?;
+        let rows = stmt
+            .query_map(params![sync, open_only], Self::conflict_from)
+            .and_then(|it| it.collect())
+            .map_err(|e| err("reading conflicts", e))?;
         Ok(rows)
     }
 
     fn open_conflicts_of(&mut self, sync: &str, left: &Key) -> Result<Vec<Conflict>, StoreError> {
         let sql = format!("SELECT {CONFLICT_COLS} FROM conflicts WHERE sync = ?1 AND left_key = ?2 AND resolution IS NULL ORDER BY id");
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| err("reading conflicts", e))?;
-        let rows = stmt.query_map(params![sync, left.as_str()], Self::conflict_from).and_then(|it| it.collect()).map_err(|e| err("reading conflicts", e))?;
+        let rows = stmt
+            .query_map(params![sync, left.as_str()], Self::conflict_from)
+            .and_then(|it| it.collect())
+            .map_err(|e| err("reading conflicts", e))?;
         Ok(rows)
     }
 

@@ -263,10 +263,8 @@ impl<'a> Engine<'a> {
         };
         let after = Key::parse(&after);
         let rows = self.conns[side.index()].scan(after.as_ref(), self.batch).map_err(self.conn_err(side))?;
-        let mut ops: Vec<Op> = rows
-            .iter()
-            .map(|(key, _)| Op::Touch { sync: self.sync(), side, key: key.clone(), at: 0 })
-            .collect();
+        let mut ops: Vec<Op> =
+            rows.iter().map(|(key, _)| Op::Touch { sync: self.sync(), side, key: key.clone(), at: 0 }).collect();
         let next = if rows.len() < self.batch { None } else { rows.last().map(|(k, _)| k.as_str().to_string()) };
         ops.push(Op::Meta { sync: self.sync(), name, value: next });
         report.loaded[side.index()] += rows.len() as u64;
@@ -305,7 +303,14 @@ impl<'a> Engine<'a> {
                     if let Some(l) = &link {
                         keys = [Some(l.left.clone()), Some(l.right.clone())];
                     }
-                    groups.push(Group { link, keys, times: [0, 0], has_entry: [false, false], entries: Vec::new(), seq: e.seq });
+                    groups.push(Group {
+                        link,
+                        keys,
+                        times: [0, 0],
+                        has_entry: [false, false],
+                        entries: Vec::new(),
+                        seq: e.seq,
+                    });
                     let gi = groups.len() - 1;
                     for side in [Side::Left, Side::Right] {
                         if let Some(k) = &groups[gi].keys[side.index()] {
@@ -404,7 +409,14 @@ impl<'a> Engine<'a> {
             if let Some(err) = res.iter().find_map(|r| r.as_ref().err()) {
                 if let Some((side, key)) = plan.source {
                     report.dead_letters += 1;
-                    ops.extend(self.dead_letter(side, &key, err.column.clone(), err.value_type.map(str::to_string), err.to_string(), now));
+                    ops.extend(self.dead_letter(
+                        side,
+                        &key,
+                        err.column.clone(),
+                        err.value_type.map(str::to_string),
+                        err.to_string(),
+                        now,
+                    ));
                 }
                 if let Some(intent) = plan.create {
                     ops.push(Op::DropIntent { sync: self.sync(), id: intent.id });
@@ -416,7 +428,8 @@ impl<'a> Engine<'a> {
             if let Some(intent) = plan.create {
                 let target = intent.source.other();
                 let Some(Ok(new_key)) = res.into_iter().next() else { continue };
-                let link = self.new_link(intent.source, intent.source_key.clone(), new_key.clone(), intent.base.clone());
+                let link =
+                    self.new_link(intent.source, intent.source_key.clone(), new_key.clone(), intent.base.clone());
                 ops.push(Op::Audit(AuditRow {
                     kind: "create".into(),
                     source: Some(intent.source),
@@ -427,7 +440,11 @@ impl<'a> Engine<'a> {
                 }));
                 ops.push(Op::PutLink { sync: self.sync(), link });
                 ops.push(Op::DropIntent { sync: self.sync(), id: intent.id.clone() });
-                ops.push(Op::ClearDeadLetter { sync: self.sync(), side: intent.source, key: intent.source_key.clone() });
+                ops.push(Op::ClearDeadLetter {
+                    sync: self.sync(),
+                    side: intent.source,
+                    key: intent.source_key.clone(),
+                });
                 if intent.revisit {
                     ops.push(Op::Touch { sync: self.sync(), side: target, key: new_key, at: 0 });
                 }
@@ -438,9 +455,27 @@ impl<'a> Engine<'a> {
         self.forget(confirmed)
     }
 
-    fn dead_letter(&self, side: Side, key: &Key, field: Option<String>, value_type: Option<String>, error: String, now: i64) -> Vec<Op> {
-        let dl = DeadLetter { id: 0, sync: self.sync(), side, key: key.clone(), field: field.clone(), value_type, error: error.clone(), at: now };
-        let mut audit = AuditRow { kind: "dead_letter".into(), source: Some(side), field, detail: error, ..self.audit_base() };
+    fn dead_letter(
+        &self,
+        side: Side,
+        key: &Key,
+        field: Option<String>,
+        value_type: Option<String>,
+        error: String,
+        now: i64,
+    ) -> Vec<Op> {
+        let dl = DeadLetter {
+            id: 0,
+            sync: self.sync(),
+            side,
+            key: key.clone(),
+            field: field.clone(),
+            value_type,
+            error: error.clone(),
+            at: now,
+        };
+        let mut audit =
+            AuditRow { kind: "dead_letter".into(), source: Some(side), field, detail: error, ..self.audit_base() };
         match side {
             Side::Left => audit.left_key = Some(key.clone()),
             Side::Right => audit.right_key = Some(key.clone()),
@@ -458,7 +493,14 @@ impl<'a> Engine<'a> {
                 }
                 Err(e) => {
                     let msg = format!("cannot map from {}: {e}", self.spec.system(side));
-                    return Err(self.dead_letter(side, key, Some(f.name.clone()), Some(e.value_type.to_string()), msg, (self.now)()));
+                    return Err(self.dead_letter(
+                        side,
+                        key,
+                        Some(f.name.clone()),
+                        Some(e.value_type.to_string()),
+                        msg,
+                        (self.now)(),
+                    ));
                 }
             }
         }
@@ -478,7 +520,12 @@ impl<'a> Engine<'a> {
                 if row_of(dead).is_some() {
                     // The deleted side has a record under that key again: a new record.
                     plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
-                    plan.ops_ok.push(Op::Touch { sync: self.sync(), side: dead, key: link.key(dead).clone(), at: g.times[dead.index()] });
+                    plan.ops_ok.push(Op::Touch {
+                        sync: self.sync(),
+                        side: dead,
+                        key: link.key(dead).clone(),
+                        at: g.times[dead.index()],
+                    });
                 } else if row_of(dead.other()).is_none() {
                     plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
                 }
@@ -529,7 +576,8 @@ impl<'a> Engine<'a> {
                 let candidates =
                     self.conns[other.index()].find(theirs, &v, m.case_insensitive).map_err(self.conn_err(other))?;
                 for (ck, crow) in candidates {
-                    if claimed.contains(&(other, ck.clone())) || self.store.link(&self.spec.name, other, &ck)?.is_some() {
+                    if claimed.contains(&(other, ck.clone())) || self.store.link(&self.spec.name, other, &ck)?.is_some()
+                    {
                         continue;
                     }
                     claimed.insert((other, ck.clone()));
@@ -567,14 +615,22 @@ impl<'a> Engine<'a> {
                 Ok(cols) => values.extend(cols),
                 Err(e) => {
                     let msg = format!("cannot map to {}: {e}", self.spec.system(other));
-                    plan.ops_always.extend(self.dead_letter(side, &key, Some(f.name.clone()), Some(e.value_type.to_string()), msg, (self.now)()));
+                    plan.ops_always.extend(self.dead_letter(
+                        side,
+                        &key,
+                        Some(f.name.clone()),
+                        Some(e.value_type.to_string()),
+                        msg,
+                        (self.now)(),
+                    ));
                     return Ok(());
                 }
             }
             base.insert(f.name.clone(), v);
         }
         claimed.insert((side, key.clone()));
-        let intent = Intent { id: format!("{}:{side}:{}", self.spec.name, g.seq), source: side, source_key: key, base, revisit };
+        let intent =
+            Intent { id: format!("{}:{side}:{}", self.spec.name, g.seq), source: side, source_key: key, base, revisit };
         plan.writes.push((other, Write::Insert { intent: intent.id.clone(), values }));
         plan.create = Some(intent);
         plan.report.created[side.index()] += 1;
@@ -589,7 +645,13 @@ impl<'a> Engine<'a> {
     }
 
     /// The record was deleted on `deleted`; `survivor` is the other side's current row.
-    fn plan_delete(&mut self, deleted: Side, link: &Link, survivor: &Row, plan: &mut GroupPlan) -> Result<(), EngineError> {
+    fn plan_delete(
+        &mut self,
+        deleted: Side,
+        link: &Link,
+        survivor: &Row,
+        plan: &mut GroupPlan,
+    ) -> Result<(), EngineError> {
         let other = deleted.other();
         let other_key = link.key(other).clone();
         plan.source = Some((deleted, link.key(deleted).clone()));
@@ -599,7 +661,9 @@ impl<'a> Engine<'a> {
                 .spec
                 .fields
                 .iter()
-                .filter(|f| !canon.get(&f.name).unwrap_or(&Value::Null).same(link.base.get(&f.name).unwrap_or(&Value::Null)))
+                .filter(|f| {
+                    !canon.get(&f.name).unwrap_or(&Value::Null).same(link.base.get(&f.name).unwrap_or(&Value::Null))
+                })
                 .map(|f| f.name.as_str())
                 .collect();
             if !changed.is_empty() && *rule != DeleteRule::Ignore {
@@ -630,11 +694,13 @@ impl<'a> Engine<'a> {
                 let mut values = Row::new();
                 values.insert(column.clone(), value.clone());
                 plan.writes.push((other, Write::Update { key: other_key, values }));
-                plan.ops_ok.push(Op::PutLink { sync: self.sync(), link: Link { tombstone: Some(deleted), ..link.clone() } });
+                plan.ops_ok
+                    .push(Op::PutLink { sync: self.sync(), link: Link { tombstone: Some(deleted), ..link.clone() } });
                 plan.report.deleted[deleted.index()] += 1;
             }
             DeleteRule::Ignore => {
-                plan.ops_ok.push(Op::PutLink { sync: self.sync(), link: Link { tombstone: Some(deleted), ..link.clone() } });
+                plan.ops_ok
+                    .push(Op::PutLink { sync: self.sync(), link: Link { tombstone: Some(deleted), ..link.clone() } });
             }
         }
         plan.ops_ok.push(Op::Audit(AuditRow {
@@ -650,7 +716,14 @@ impl<'a> Engine<'a> {
     }
 
     /// Both records exist: merge them field by field against the base (none for a new match).
-    fn plan_merge(&mut self, link: Link, base: Option<&Row>, rows: [&Row; 2], g: &Group, plan: &mut GroupPlan) -> Result<(), EngineError> {
+    fn plan_merge(
+        &mut self,
+        link: Link,
+        base: Option<&Row>,
+        rows: [&Row; 2],
+        g: &Group,
+        plan: &mut GroupPlan,
+    ) -> Result<(), EngineError> {
         let mut canon = [Row::new(), Row::new()];
         for side in [Side::Left, Side::Right] {
             match self.canonical(side, link.key(side), rows[side.index()]) {
@@ -664,11 +737,16 @@ impl<'a> Engine<'a> {
         let mut times = g.times;
         for side in [Side::Left, Side::Right] {
             let s = side.index();
-            let differs = base.is_some_and(|b| self.spec.fields.iter().any(|f| {
-                !canon[s].get(&f.name).unwrap_or(&Value::Null).same(b.get(&f.name).unwrap_or(&Value::Null))
-            }));
+            let differs = base.is_some_and(|b| {
+                self.spec.fields.iter().any(|f| {
+                    !canon[s].get(&f.name).unwrap_or(&Value::Null).same(b.get(&f.name).unwrap_or(&Value::Null))
+                })
+            });
             if !g.has_entry[s] && differs {
-                times[s] = self.conns[s].last_change_at(link.key(side)).map_err(self.conn_err(side))?.unwrap_or_else(|| (self.now)());
+                times[s] = self.conns[s]
+                    .last_change_at(link.key(side))
+                    .map_err(self.conn_err(side))?
+                    .unwrap_or_else(|| (self.now)());
             }
         }
         let merged = merge(self.spec, &canon[0], &canon[1], base, times);
@@ -700,7 +778,14 @@ impl<'a> Engine<'a> {
                     Err(e) => {
                         let msg = format!("cannot map to {}: {e}", self.spec.system(side));
                         let from = side.other();
-                        plan.ops_always.extend(self.dead_letter(from, link.key(from), Some(f.name.clone()), Some(e.value_type.to_string()), msg, (self.now)()));
+                        plan.ops_always.extend(self.dead_letter(
+                            from,
+                            link.key(from),
+                            Some(f.name.clone()),
+                            Some(e.value_type.to_string()),
+                            msg,
+                            (self.now)(),
+                        ));
                         return Ok(());
                     }
                 }
@@ -726,7 +811,9 @@ impl<'a> Engine<'a> {
         for h in &merged.held {
             match open.iter().find(|c| c.field == h.field) {
                 Some(c) if c.left == h.left && c.right == h.right => {}
-                Some(c) => plan.ops_ok.push(Op::RefreshConflict { id: c.id, left: h.left.clone(), right: h.right.clone() }),
+                Some(c) => {
+                    plan.ops_ok.push(Op::RefreshConflict { id: c.id, left: h.left.clone(), right: h.right.clone() })
+                }
                 None => {
                     plan.report.held += 1;
                     plan.ops_ok.push(Op::OpenConflict(Conflict {
@@ -774,18 +861,16 @@ impl<'a> Engine<'a> {
     /// Resolves a held conflict: writes the chosen value to both sides, records it as the base,
     /// closes the conflict and audits the resolution.
     pub fn resolve(&mut self, id: i64, how: Resolution) -> Result<Value, EngineError> {
-        let conflict = self
-            .store
-            .conflicts(Some(&self.spec.name), true)?
-            .into_iter()
-            .find(|c| c.id == id)
-            .ok_or_else(|| EngineError::Request(format!("no open conflict {id} in sync `{}`; list them with `tandem conflicts`", self.spec.name)))?;
-        let field = self
-            .spec
-            .fields
-            .iter()
-            .find(|f| f.name == conflict.field)
-            .ok_or_else(|| EngineError::Request(format!("field `{}` is no longer mapped in sync `{}`", conflict.field, self.spec.name)))?;
+        let conflict =
+            self.store.conflicts(Some(&self.spec.name), true)?.into_iter().find(|c| c.id == id).ok_or_else(|| {
+                EngineError::Request(format!(
+                    "no open conflict {id} in sync `{}`; list them with `tandem conflicts`",
+                    self.spec.name
+                ))
+            })?;
+        let field = self.spec.fields.iter().find(|f| f.name == conflict.field).ok_or_else(|| {
+            EngineError::Request(format!("field `{}` is no longer mapped in sync `{}`", conflict.field, self.spec.name))
+        })?;
         let link = self
             .store
             .link(&self.spec.name, Side::Left, &conflict.left_key)?
@@ -794,10 +879,15 @@ impl<'a> Engine<'a> {
         for side in [Side::Left, Side::Right] {
             let got = self.conns[side.index()].read(&[link.key(side).clone()]).map_err(self.conn_err(side))?;
             rows[side.index()] = got.into_iter().next().flatten().ok_or_else(|| {
-                EngineError::Request(format!("record {} no longer exists on {}", link.key(side), self.spec.system(side)))
+                EngineError::Request(format!(
+                    "record {} no longer exists on {}",
+                    link.key(side),
+                    self.spec.system(side)
+                ))
             })?;
         }
-        let current = |side: Side| field.get(side, &rows[side.index()]).map_err(|e| EngineError::Request(e.to_string()));
+        let current =
+            |side: Side| field.get(side, &rows[side.index()]).map_err(|e| EngineError::Request(e.to_string()));
         let (value, winner, label) = match how {
             Resolution::Left => (current(Side::Left)?, Some(Side::Left), "take left".to_string()),
             Resolution::Right => (current(Side::Right)?, Some(Side::Right), "take right".to_string()),
@@ -810,7 +900,8 @@ impl<'a> Engine<'a> {
             if current(side)?.same(&value) {
                 continue;
             }
-            let cols = field.put(side, &value, Some(&rows[side.index()])).map_err(|e| EngineError::Request(e.to_string()))?;
+            let cols =
+                field.put(side, &value, Some(&rows[side.index()])).map_err(|e| EngineError::Request(e.to_string()))?;
             let write = Write::Update { key: link.key(side).clone(), values: cols.into_iter().collect() };
             let res = self.conns[side.index()].apply(&[write]).map_err(self.conn_err(side))?;
             if let Some(Err(e)) = res.into_iter().next() {
@@ -841,7 +932,12 @@ impl<'a> Engine<'a> {
 }
 
 /// Puts dead-lettered records back into the inbox (all of a sync's, or the given ids).
-pub fn retry_dead_letters(store: &mut dyn StateStore, sync: Option<&str>, ids: &[i64], now: i64) -> Result<usize, StoreError> {
+pub fn retry_dead_letters(
+    store: &mut dyn StateStore,
+    sync: Option<&str>,
+    ids: &[i64],
+    now: i64,
+) -> Result<usize, StoreError> {
     let mut ops = Vec::new();
     for d in store.dead_letters(sync)? {
         if ids.is_empty() || ids.contains(&d.id) {

@@ -140,11 +140,7 @@ impl FieldMap {
                 if side == Side::Left || v.is_null() {
                     return Ok(v);
                 }
-                table
-                    .iter()
-                    .find(|(_, r)| r.same(&v))
-                    .map(|(l, _)| l.clone())
-                    .ok_or_else(|| self.unmapped(&v, side))
+                table.iter().find(|(_, r)| r.same(&v)).map(|(l, _)| l.clone()).ok_or_else(|| self.unmapped(&v, side))
             }
         }
     }

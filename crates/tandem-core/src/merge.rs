@@ -66,7 +66,11 @@ pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times
             l.clone()
         } else if b.is_none() && (l.is_null() || r.is_null()) {
             // First link of two existing records: an empty field takes the other side's value.
-            if l.is_null() { r.clone() } else { l.clone() }
+            if l.is_null() {
+                r.clone()
+            } else {
+                l.clone()
+            }
         } else if b.as_ref().is_some_and(|b| l.same(b)) {
             r.clone()
         } else if b.as_ref().is_some_and(|b| r.same(b)) {

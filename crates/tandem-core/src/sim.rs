@@ -139,7 +139,11 @@ impl MemoryTable {
         match w {
             Write::Insert { intent, values } => {
                 if let Some(col) = self.not_null.iter().find(|c| values.get(*c).is_none_or(Value::is_null)) {
-                    return Err(RowError { column: Some(col.clone()), value_type: Some("null"), reason: format!("NOT NULL constraint failed: {col}") });
+                    return Err(RowError {
+                        column: Some(col.clone()),
+                        value_type: Some("null"),
+                        reason: format!("NOT NULL constraint failed: {col}"),
+                    });
                 }
                 let id = self.next_id;
                 self.next_id += 1;
@@ -152,7 +156,11 @@ impl MemoryTable {
             }
             Write::Update { key, values } => {
                 if let Some(col) = self.not_null.iter().find(|c| values.get(*c).is_some_and(Value::is_null)) {
-                    return Err(RowError { column: Some(col.clone()), value_type: Some("null"), reason: format!("NOT NULL constraint failed: {col}") });
+                    return Err(RowError {
+                        column: Some(col.clone()),
+                        value_type: Some("null"),
+                        reason: format!("NOT NULL constraint failed: {col}"),
+                    });
                 }
                 if let Some(row) = self.rows.get_mut(key) {
                     row.extend(values.clone());
@@ -222,7 +230,12 @@ impl Connector for MemoryTable {
             (Value::Text(a), Value::Text(b)) if case_insensitive => a.to_lowercase() == b.to_lowercase(),
             _ => v.same(value),
         };
-        Ok(self.rows.iter().filter(|(_, r)| r.get(column).is_some_and(eq)).map(|(k, r)| (k.clone(), r.clone())).collect())
+        Ok(self
+            .rows
+            .iter()
+            .filter(|(_, r)| r.get(column).is_some_and(eq))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect())
     }
 
     fn apply(&mut self, writes: &[Write]) -> Result<Vec<WriteResult>, ConnectorError> {
@@ -275,7 +288,12 @@ impl StateStore for FusedStore {
     fn inbox_len(&mut self, sync: &str, side: crate::mapping::Side) -> Result<u64, StoreError> {
         self.inner.inbox_len(sync, side)
     }
-    fn link(&mut self, sync: &str, side: crate::mapping::Side, key: &Key) -> Result<Option<crate::store::Link>, StoreError> {
+    fn link(
+        &mut self,
+        sync: &str,
+        side: crate::mapping::Side,
+        key: &Key,
+    ) -> Result<Option<crate::store::Link>, StoreError> {
         self.inner.link(sync, side, key)
     }
     fn links(&mut self, sync: &str) -> Result<Vec<crate::store::Link>, StoreError> {

@@ -74,9 +74,9 @@ impl Value {
         match self {
             Value::Null => J::Null,
             Value::Int(i) => J::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map(J::Number)
-                .unwrap_or_else(|| J::String(f.to_string())),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map(J::Number).unwrap_or_else(|| J::String(f.to_string()))
+            }
             Value::Text(s) => J::String(s.clone()),
             Value::Bytes(b) => {
                 let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -99,9 +99,7 @@ impl Value {
             J::String(s) => Value::Text(s.clone()),
             J::Object(o) => match o.get("$bytes").and_then(|h| h.as_str()) {
                 Some(hex) => Value::Bytes(
-                    (0..hex.len() / 2)
-                        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                        .collect(),
+                    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect(),
                 ),
                 None => Value::Text(j.to_string()),
             },
@@ -122,17 +120,14 @@ impl fmt::Display for Value {
 
 /// Encodes a row as JSON text.
 pub fn row_to_json(row: &Row) -> String {
-    let map: serde_json::Map<String, serde_json::Value> =
-        row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    let map: serde_json::Map<String, serde_json::Value> = row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
     serde_json::Value::Object(map).to_string()
 }
 
 /// Decodes a row written by [`row_to_json`]; anything else gives an empty row.
 pub fn row_from_json(text: &str) -> Row {
     match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(map)) => {
-            map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect()
-        }
+        Ok(serde_json::Value::Object(map)) => map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect(),
         _ => Row::new(),
     }
 }

@@ -5,8 +5,8 @@
 //! outages; then quiesce and check: both sides converge, nothing is duplicated, every write is
 //! present or was overridden by a rule with an audit row, and an idle pair makes no writes.
 //!
-//! Replay one seed with `TANDEM_SIM_SEED=<seed>`; `TANDEM_SIM_SEEDS` and `TANDEM_SIM_STEPS` set
-//! the budget (defaults keep CI short; raise them for a deep run).
+//! Replay one seed with `TANDEM_SIM_SEED=<seed>`; `TANDEM_SIM_SEEDS`, `TANDEM_SIM_STEPS` and
+//! `TANDEM_SIM_BUDGET_SECS` set the budget (defaults keep CI short; raise them for a deep run).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -79,10 +79,8 @@ impl World {
         };
         let clock = Rc::new(Cell::new(1_000));
         let fuse = Fuse::default();
-        let tables = [
-            MemoryTable::new("id", clock.clone(), fuse.clone()),
-            MemoryTable::new("no", clock.clone(), fuse.clone()),
-        ];
+        let tables =
+            [MemoryTable::new("id", clock.clone(), fuse.clone()), MemoryTable::new("no", clock.clone(), fuse.clone())];
         World {
             seed,
             rng,
@@ -123,7 +121,13 @@ impl World {
 
     fn random_row(&mut self, side: Side) -> Row {
         let w = |rng: &mut fastrand::Rng| Value::Text(WORDS[rng.usize(..WORDS.len())].to_string());
-        let note = |rng: &mut fastrand::Rng| if rng.u8(0..5) == 0 { Value::Null } else { Value::Text(format!("note {}", rng.u16(..))) };
+        let note = |rng: &mut fastrand::Rng| {
+            if rng.u8(0..5) == 0 {
+                Value::Null
+            } else {
+                Value::Text(format!("note {}", rng.u16(..)))
+            }
+        };
         let mut row = Row::new();
         let email = Value::Text(format!("u{}@example.com", self.rng.u32(..)));
         match side {
@@ -195,7 +199,13 @@ impl World {
         let now = move || now_cell.get();
         let trace = std::env::var("TANDEM_SIM_TRACE").is_ok();
         if trace {
-            eprintln!("t={} engine step (fuse armed: {}, down: {} {})", self.clock.get(), self.fuse.armed(), self.tables[0].down, self.tables[1].down);
+            eprintln!(
+                "t={} engine step (fuse armed: {}, down: {} {})",
+                self.clock.get(),
+                self.fuse.armed(),
+                self.tables[0].down,
+                self.tables[1].down
+            );
         }
         let [left, right] = &mut self.tables;
         let mut engine = Engine::new(&self.spec, &mut self.store, left, right, &now, 1 + self.rng.usize(0..8));
@@ -274,7 +284,8 @@ impl World {
         let audit = store.audit(Some("people")).unwrap();
         for link in &links {
             let l = self.tables[0].rows.get(&link.left).unwrap_or_else(|| panic!("seed {seed}: link without left row"));
-            let r = self.tables[1].rows.get(&link.right).unwrap_or_else(|| panic!("seed {seed}: link without right row"));
+            let r =
+                self.tables[1].rows.get(&link.right).unwrap_or_else(|| panic!("seed {seed}: link without right row"));
             let (cl, cr) = (self.canonical(Side::Left, l), self.canonical(Side::Right, r));
             for f in cl.keys() {
                 assert!(cl[f].same(&cr[f]), "seed {seed}: {f} differs: {} vs {}", cl[f], cr[f]);
@@ -300,19 +311,30 @@ impl World {
                 let explained = audit.iter().any(|a| {
                     a.field.as_deref() == Some(field.as_str())
                         && (a.left_key.as_ref() == Some(&link.left) || a.right_key.as_ref() == Some(&link.right))
-                        && (a.left.as_ref().is_some_and(|v| v.same(wrote)) || a.right.as_ref().is_some_and(|v| v.same(wrote)))
+                        && (a.left.as_ref().is_some_and(|v| v.same(wrote))
+                            || a.right.as_ref().is_some_and(|v| v.same(wrote)))
                 });
                 if !explained {
-                    for a in audit.iter().filter(|a| a.left_key.as_ref() == Some(&link.left) || a.right_key.as_ref() == Some(&link.right)) {
+                    for a in audit.iter().filter(|a| {
+                        a.left_key.as_ref() == Some(&link.left) || a.right_key.as_ref() == Some(&link.right)
+                    }) {
                         eprintln!("audit {a:?}");
                     }
                 }
-                assert!(explained, "seed {seed}: record {record} field {field}: write {wrote} at {t} lost without audit; final {}", cl[field]);
+                assert!(
+                    explained,
+                    "seed {seed}: record {record} field {field}: write {wrote} at {t} lost without audit; final {}",
+                    cl[field]
+                );
             }
         }
         let writes = [self.tables[0].tandem_writes, self.tables[1].tandem_writes];
         assert!(!self.engine_step(), "seed {seed}: idle pair still busy");
-        assert_eq!(writes, [self.tables[0].tandem_writes, self.tables[1].tandem_writes], "seed {seed}: idle pair wrote");
+        assert_eq!(
+            writes,
+            [self.tables[0].tandem_writes, self.tables[1].tandem_writes],
+            "seed {seed}: idle pair wrote"
+        );
     }
 }
 
@@ -330,8 +352,17 @@ fn random_interleavings_converge_without_loss() {
             (0..env_num("TANDEM_SIM_SEEDS", 200)).map(|i| base + i).collect()
         }
     };
+    // A time budget keeps CI short on a slow machine; raise it (or the seed count) for deep runs.
+    let budget = std::time::Duration::from_secs(env_num("TANDEM_SIM_BUDGET_SECS", 60));
+    let started = std::time::Instant::now();
     let mut crashes = 0;
+    let mut ran = 0;
     for seed in seeds {
+        if started.elapsed() > budget {
+            eprintln!("time budget of {budget:?} reached after {ran} seeds");
+            break;
+        }
+        ran += 1;
         eprintln!("simulation seed {seed} (replay with TANDEM_SIM_SEED={seed})");
         let mut world = World::new(seed);
         world.run(steps);

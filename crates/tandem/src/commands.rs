@@ -55,7 +55,8 @@ pub fn sync_until(runner: &mut Runner, once: bool, stop: &AtomicBool) -> Result<
             return Ok(totals);
         }
         if !busy {
-            let until = Instant::now() + if failures.is_empty() { runner.cfg.poll_interval } else { Duration::from_millis(100) };
+            let until = Instant::now()
+                + if failures.is_empty() { runner.cfg.poll_interval } else { Duration::from_millis(100) };
             while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -154,7 +155,9 @@ pub fn status(path: &Path) -> Result<(), CliError> {
         println!("  last successful sync: {}", last.map(format::time).unwrap_or_else(|| "never".into()));
         let load = [Side::Left, Side::Right]
             .iter()
-            .filter_map(|s| runner.store.meta(name, &format!("snapshot:{s}")).ok().flatten().map(|_| spec.system(*s).to_string()))
+            .filter_map(|s| {
+                runner.store.meta(name, &format!("snapshot:{s}")).ok().flatten().map(|_| spec.system(*s).to_string())
+            })
             .collect::<Vec<_>>();
         if !load.is_empty() {
             println!("  initial load running on: {}", load.join(", "));
@@ -171,15 +174,19 @@ pub fn conflicts(path: &Path, resolve: Option<(i64, Resolution)>, all: bool) -> 
     SqliteStore::open_existing(&cfg.state)?;
     let mut runner = Runner::open(cfg)?;
     if let Some((id, how)) = resolve {
-        let c = runner
-            .store
-            .conflicts(None, true)?
-            .into_iter()
-            .find(|c| c.id == id)
-            .ok_or_else(|| CliError::Usage(format!("there is no open conflict {id}; `tandem conflicts` lists them")))?;
-        let i = runner.cfg.syncs.iter().position(|s| s.name == c.sync).ok_or_else(|| CliError::Usage(format!("conflict {id} belongs to sync `{}`, which is no longer configured", c.sync)))?;
+        let c =
+            runner.store.conflicts(None, true)?.into_iter().find(|c| c.id == id).ok_or_else(|| {
+                CliError::Usage(format!("there is no open conflict {id}; `tandem conflicts` lists them"))
+            })?;
+        let i = runner.cfg.syncs.iter().position(|s| s.name == c.sync).ok_or_else(|| {
+            CliError::Usage(format!("conflict {id} belongs to sync `{}`, which is no longer configured", c.sync))
+        })?;
         let value = runner.with_engine(i, |engine| engine.resolve(id, how))?;
-        println!("conflict {id} resolved: field `{}` is now {} on both sides (audited)", c.field, format::value(&value));
+        println!(
+            "conflict {id} resolved: field `{}` is now {} on both sides (audited)",
+            c.field,
+            format::value(&value)
+        );
         return Ok(());
     }
     let list = runner.store.conflicts(None, !all)?;
@@ -189,11 +196,22 @@ pub fn conflicts(path: &Path, resolve: Option<(i64, Resolution)>, all: bool) -> 
     }
     for c in list {
         let spec = runner.cfg.syncs.iter().find(|s| s.name == c.sync);
-        let (l, r) = spec.map(|s| (s.system(Side::Left).to_string(), s.system(Side::Right).to_string())).unwrap_or(("left".into(), "right".into()));
-        println!("conflict {} (sync `{}`, opened {}){}", c.id, c.sync, format::time(c.opened_at), c.resolution.as_ref().map(|r| format!(", resolved: {r}")).unwrap_or_default());
+        let (l, r) = spec
+            .map(|s| (s.system(Side::Left).to_string(), s.system(Side::Right).to_string()))
+            .unwrap_or(("left".into(), "right".into()));
+        println!(
+            "conflict {} (sync `{}`, opened {}){}",
+            c.id,
+            c.sync,
+            format::time(c.opened_at),
+            c.resolution.as_ref().map(|r| format!(", resolved: {r}")).unwrap_or_default()
+        );
         println!("  record: {l} {} ⇄ {r} {}", c.left_key, c.right_key);
         println!("  field:  {}", c.field);
-        println!("  base:   {}", c.base.as_ref().map(format::value).unwrap_or_else(|| "(none: linked by match_on)".into()));
+        println!(
+            "  base:   {}",
+            c.base.as_ref().map(format::value).unwrap_or_else(|| "(none: linked by match_on)".into())
+        );
         println!("  {l:<7} {}", format::value(&c.left));
         println!("  {r:<7} {}", format::value(&c.right));
         if c.resolution.is_none() {
@@ -292,10 +310,16 @@ pub fn uninstall(path: &Path) -> Result<(), CliError> {
         let mut store = SqliteStore::open(&cfg.state)?;
         for name in cleared {
             for side in ["left", "right"] {
-                store.commit(vec![tandem_core::store::Op::Meta { sync: name.clone(), name: format!("init:{side}"), value: None }])?;
+                store.commit(vec![tandem_core::store::Op::Meta {
+                    sync: name.clone(),
+                    name: format!("init:{side}"),
+                    value: None,
+                }])?;
             }
         }
-        println!("the state file keeps links and audit; the next `tandem run` reinstalls capture and re-reads both sides");
+        println!(
+            "the state file keeps links and audit; the next `tandem run` reinstalls capture and re-reads both sides"
+        );
     }
     Ok(())
 }

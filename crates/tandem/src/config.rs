@@ -236,7 +236,13 @@ fn parse_rule(ctx: &mut Ctx<'_>, v: &Spanned<toml::Value>, systems: &[&str; 2], 
         toml::Value::Table(t) if t.len() == 1 && t.contains_key("prefer") => match t["prefer"].as_str() {
             Some(sys) if sys == systems[0] => Some(ConflictRule::Prefer(Side::Left)),
             Some(sys) if sys == systems[1] => Some(ConflictRule::Prefer(Side::Right)),
-            Some(sys) => bad(ctx, format!("{what}: `prefer` names system `{sys}`, which is not in this sync ({} and {})", systems[0], systems[1])),
+            Some(sys) => bad(
+                ctx,
+                format!(
+                    "{what}: `prefer` names system `{sys}`, which is not in this sync ({} and {})",
+                    systems[0], systems[1]
+                ),
+            ),
             None => bad(ctx, format!("{what}: `prefer` must name a system")),
         },
         other => bad(ctx, format!("{what}: unknown conflict rule {other}")),
@@ -258,20 +264,38 @@ fn side_of(name: &str, systems: &[&str; 2]) -> Option<Side> {
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
     let fail = |problems: Vec<Problem>| ConfigErrors { file: file.to_path_buf(), problems };
     let text = std::fs::read_to_string(file).map_err(|e| {
-        fail(vec![Problem { line: None, what: format!("cannot read the config file: {e}"), fix: "check the path given with -c (the default is ./tandem.toml); `tandem demo` writes an example".into() }])
+        fail(vec![Problem {
+            line: None,
+            what: format!("cannot read the config file: {e}"),
+            fix: "check the path given with -c (the default is ./tandem.toml); `tandem demo` writes an example".into(),
+        }])
     })?;
-    let mut cfg = parse(file, &text)?;
-    let mut problems = Vec::new();
+    // Both phases run even when the first finds problems, so one `tandem check` lists them all.
+    let (mut cfg, mut problems) = parse_partial(file, &text)?;
     crate::schema_check::check(&mut cfg, &text, &mut problems);
     if problems.is_empty() {
         Ok(cfg)
     } else {
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        problems.dedup();
         Err(fail(problems))
     }
 }
 
 /// The pure phase: parses and checks the text without touching any system.
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let (cfg, mut problems) = parse_partial(file, text)?;
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        Err(ConfigErrors { file: file.to_path_buf(), problems })
+    }
+}
+
+/// Parses as much as can be parsed: the config (with the parts in error left out or at their
+/// defaults) and the problems found. Fails outright only when the TOML cannot be read at all.
+fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), ConfigErrors> {
     let fail = |problems: Vec<Problem>| ConfigErrors { file: file.to_path_buf(), problems };
     let mut unknown = Vec::new();
     let de = toml::Deserializer::parse(text).map_err(|e| syntax_problem(text, &e)).map_err(|p| fail(vec![p]))?;
@@ -280,7 +304,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .map_err(|p| fail(vec![p]))?;
     let mut ctx = Ctx { text, problems: Vec::new() };
     for path in unknown {
-        let path: String = path.split('.').filter(|seg| !seg.starts_with("$__serde_spanned")).collect::<Vec<_>>().join(".");
+        let path: String =
+            path.split('.').filter(|seg| !seg.starts_with("$__serde_spanned")).collect::<Vec<_>>().join(".");
         let key = path.rsplit('.').next().unwrap_or(&path).to_string();
         ctx.problems.push(Problem {
             line: line_of_path(text, &path),
@@ -304,7 +329,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
     let batch_size = match &raw.batch_size {
         Some(b) if *b.get_ref() < 1 || *b.get_ref() > 100_000 => {
-            ctx.at(b.span(), format!("batch_size {} is out of range", b.get_ref()), "use a number from 1 to 100000 (default 500)");
+            ctx.at(
+                b.span(),
+                format!("batch_size {} is out of range", b.get_ref()),
+                "use a number from 1 to 100000 (default 500)",
+            );
             500
         }
         Some(b) => *b.get_ref() as usize,
@@ -312,7 +341,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
     let poll_interval = match &raw.poll_interval_ms {
         Some(p) if *p.get_ref() < 10 || *p.get_ref() > 3_600_000 => {
-            ctx.at(p.span(), format!("poll_interval_ms {} is out of range", p.get_ref()), "use 10 to 3600000 ms (default 200)");
+            ctx.at(
+                p.span(),
+                format!("poll_interval_ms {} is out of range", p.get_ref()),
+                "use 10 to 3600000 ms (default 200)",
+            );
             Duration::from_millis(200)
         }
         Some(p) => Duration::from_millis(*p.get_ref() as u64),
@@ -329,7 +362,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                     let path = resolve(&mut ctx, p);
                     systems.insert(name.clone(), System::Sqlite { path });
                 }
-                None => ctx.at(span, format!("system `{name}` has no `path`"), "add `path = \"file.db\"` (relative to the config file)"),
+                None => ctx.at(
+                    span,
+                    format!("system `{name}` has no `path`"),
+                    "add `path = \"file.db\"` (relative to the config file)",
+                ),
             },
             other => ctx.at(
                 sys.kind.span(),
@@ -339,10 +376,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
     if raw.systems.is_empty() {
-        ctx.problems.push(Problem { line: None, what: "no systems are configured".into(), fix: "add [systems.NAME] tables with kind and path".into() });
+        ctx.problems.push(Problem {
+            line: None,
+            what: "no systems are configured".into(),
+            fix: "add [systems.NAME] tables with kind and path".into(),
+        });
     }
     if raw.sync.is_empty() {
-        ctx.problems.push(Problem { line: None, what: "no syncs are configured".into(), fix: "add a [[sync]] table pairing a table of one system with one of another".into() });
+        ctx.problems.push(Problem {
+            line: None,
+            what: "no syncs are configured".into(),
+            fix: "add a [[sync]] table pairing a table of one system with one of another".into(),
+        });
     }
 
     let mut syncs = Vec::new();
@@ -360,14 +405,26 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             let sys = s.system.get_ref();
             if !raw.systems.contains_key(sys) {
                 let known: Vec<&str> = raw.systems.keys().map(String::as_str).collect();
-                ctx.at(s.system.span(), format!("sync `{name}`: {label} names system `{sys}`, which is not configured"), format!("use one of: {}", known.join(", ")));
+                ctx.at(
+                    s.system.span(),
+                    format!("sync `{name}`: {label} names system `{sys}`, which is not configured"),
+                    format!("use one of: {}", known.join(", ")),
+                );
             }
             let pair = (sys.clone(), s.table.get_ref().clone());
             if seen_tables.contains(&pair) {
-                ctx.at(s.table.span(), format!("table `{}` of `{sys}` is in more than one sync", pair.1), "sync each table in one sync only (this version keeps one change log per table)");
+                ctx.at(
+                    s.table.span(),
+                    format!("table `{}` of `{sys}` is in more than one sync", pair.1),
+                    "sync each table in one sync only (this version keeps one change log per table)",
+                );
             }
             seen_tables.push(pair);
-            sides.push(EntitySpec { system: sys.clone(), table: s.table.get_ref().clone(), key: s.key.as_ref().map(|k| k.get_ref().clone()).unwrap_or_default() });
+            sides.push(EntitySpec {
+                system: sys.clone(),
+                table: s.table.get_ref().clone(),
+                key: s.key.as_ref().map(|k| k.get_ref().clone()).unwrap_or_default(),
+            });
         }
         let names = [sides[0].system.clone(), sides[1].system.clone()];
         let sysnames = [names[0].as_str(), names[1].as_str()];
@@ -380,7 +437,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         };
         let tie_break = match &rs.tie_break {
             Some(t) => side_of(t.get_ref(), &sysnames).unwrap_or_else(|| {
-                ctx.at(t.span(), format!("sync `{name}`: tie_break names `{}`, which is not in this sync", t.get_ref()), format!("use `{}` or `{}`", names[0], names[1]));
+                ctx.at(
+                    t.span(),
+                    format!("sync `{name}`: tie_break names `{}`, which is not in this sync", t.get_ref()),
+                    format!("use `{}` or `{}`", names[0], names[1]),
+                );
                 Side::Left
             }),
             None => Side::Left,
@@ -388,7 +449,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let mut deletes = [DeleteRule::Propagate, DeleteRule::Propagate];
         for (sys, v) in &rs.deletes {
             let Some(side) = side_of(sys, &sysnames) else {
-                ctx.at(v.span(), format!("sync `{name}`: deletes names `{sys}`, which is not in this sync"), format!("key the delete rules by `{}` or `{}`", names[0], names[1]));
+                ctx.at(
+                    v.span(),
+                    format!("sync `{name}`: deletes names `{sys}`, which is not in this sync"),
+                    format!("key the delete rules by `{}` or `{}`", names[0], names[1]),
+                );
                 continue;
             };
             let fix = "write `propagate`, `ignore` or `{ soft = { column = \"deleted_at\", value = 1 } }`";
@@ -398,8 +463,14 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 toml::Value::Table(t) if t.len() == 1 && t.get("soft").and_then(|s| s.as_table()).is_some() => {
                     let soft = t["soft"].as_table().expect("checked");
                     match (soft.get("column").and_then(|c| c.as_str()), soft.get("value").and_then(toml_to_value)) {
-                        (Some(c), Some(val)) if soft.len() == 2 => deletes[side.index()] = DeleteRule::Soft { column: c.to_string(), value: val },
-                        _ => ctx.at(v.span(), format!("sync `{name}`: a soft delete needs exactly `column` and `value`"), fix),
+                        (Some(c), Some(val)) if soft.len() == 2 => {
+                            deletes[side.index()] = DeleteRule::Soft { column: c.to_string(), value: val }
+                        }
+                        _ => ctx.at(
+                            v.span(),
+                            format!("sync `{name}`: a soft delete needs exactly `column` and `value`"),
+                            fix,
+                        ),
                     }
                 }
                 other => ctx.at(v.span(), format!("sync `{name}`: unknown delete rule {other} for `{sys}`"), fix),
@@ -408,18 +479,30 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let mut filters: [Option<Filter>; 2] = [None, None];
         for (sys, f) in &rs.filter {
             let Some(side) = side_of(sys, &sysnames) else {
-                ctx.at(f.span(), format!("sync `{name}`: filter names `{sys}`, which is not in this sync"), format!("key filters by `{}` or `{}`", names[0], names[1]));
+                ctx.at(
+                    f.span(),
+                    format!("sync `{name}`: filter names `{sys}`, which is not in this sync"),
+                    format!("key filters by `{}` or `{}`", names[0], names[1]),
+                );
                 continue;
             };
             match Filter::parse(f.get_ref()) {
                 Ok(filter) => filters[side.index()] = Some(filter),
-                Err(e) => ctx.at(f.span(), format!("sync `{name}`: filter for `{sys}`: {e}"), "see the README's filter syntax"),
+                Err(e) => ctx.at(
+                    f.span(),
+                    format!("sync `{name}`: filter for `{sys}`: {e}"),
+                    "see the README's filter syntax",
+                ),
             }
         }
         let mut defaults = [Row::new(), Row::new()];
         for (sys, vals) in &rs.defaults {
             let Some(side) = side_of(sys, &sysnames) else {
-                ctx.at(vals.span(), format!("sync `{name}`: defaults names `{sys}`, which is not in this sync"), format!("key defaults by `{}` or `{}`", names[0], names[1]));
+                ctx.at(
+                    vals.span(),
+                    format!("sync `{name}`: defaults names `{sys}`, which is not in this sync"),
+                    format!("key defaults by `{}` or `{}`", names[0], names[1]),
+                );
                 continue;
             };
             for (col, v) in vals.get_ref() {
@@ -427,13 +510,21 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                     Some(val) => {
                         defaults[side.index()].insert(col.clone(), val);
                     }
-                    None => ctx.at(vals.span(), format!("sync `{name}`: default for `{col}` is not a plain value"), "use a string, number or boolean"),
+                    None => ctx.at(
+                        vals.span(),
+                        format!("sync `{name}`: default for `{col}` is not a plain value"),
+                        "use a string, number or boolean",
+                    ),
                 }
             }
         }
         let match_on = rs.match_on.as_ref().map(|m| {
             let m = m.get_ref();
-            MatchOn { left: m.left.get_ref().clone(), right: m.right.get_ref().clone(), case_insensitive: m.case_insensitive }
+            MatchOn {
+                left: m.left.get_ref().clone(),
+                right: m.right.get_ref().clone(),
+                case_insensitive: m.case_insensitive,
+            }
         });
 
         let mut fields = Vec::new();
@@ -446,25 +537,39 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 None => Transform::Rename,
                 Some((_, toml::Value::String(s))) if s == "rename" => Transform::Rename,
                 Some((_, toml::Value::String(s))) if s == "split_name" => Transform::SplitName,
-                Some((t, toml::Value::Table(tab))) if tab.len() == 1 && tab.get("map").and_then(|m| m.as_table()).is_some() => {
+                Some((t, toml::Value::Table(tab)))
+                    if tab.len() == 1 && tab.get("map").and_then(|m| m.as_table()).is_some() =>
+                {
                     let mut pairs = Vec::new();
                     for (l, r) in tab["map"].as_table().expect("checked") {
                         match toml_to_value(r) {
                             Some(rv) => pairs.push((Value::Text(l.clone()), rv)),
-                            None => ctx.at(t.span(), format!("field `{fname}`: map value for `{l}` is not a plain value"), "use strings or numbers"),
+                            None => ctx.at(
+                                t.span(),
+                                format!("field `{fname}`: map value for `{l}` is not a plain value"),
+                                "use strings or numbers",
+                            ),
                         }
                     }
                     let mut seen: Vec<&Value> = Vec::new();
                     for (_, r) in &pairs {
                         if seen.iter().any(|s| s.same(r)) {
-                            ctx.at(t.span(), format!("field `{fname}`: the map sends two values to {r}, so it has no inverse"), "make the map one-to-one");
+                            ctx.at(
+                                t.span(),
+                                format!("field `{fname}`: the map sends two values to {r}, so it has no inverse"),
+                                "make the map one-to-one",
+                            );
                         }
                         seen.push(r);
                     }
                     Transform::ValueMap(pairs)
                 }
                 Some((t, other)) => {
-                    ctx.at(t.span(), format!("field `{fname}`: unknown transform {other}"), "use `rename`, `split_name` or `{ map = { \"left value\" = \"right value\" } }`");
+                    ctx.at(
+                        t.span(),
+                        format!("field `{fname}`: unknown transform {other}"),
+                        "use `rename`, `split_name` or `{ map = { \"left value\" = \"right value\" } }`",
+                    );
                     Transform::Rename
                 }
             };
@@ -477,7 +582,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                     Transform::SplitName => "split_name maps one full-name column to two columns (first, last)",
                     _ => "name one column on each side, or use `transform = \"split_name\"` for first + last name",
                 };
-                ctx.at(rf.left.span(), format!("field `{fname}`: {} column(s) on the left and {} on the right do not fit this transform", left.len(), right.len()), fix);
+                ctx.at(
+                    rf.left.span(),
+                    format!(
+                        "field `{fname}`: {} column(s) on the left and {} on the right do not fit this transform",
+                        left.len(),
+                        right.len()
+                    ),
+                    fix,
+                );
                 continue;
             }
             let flow = match &rf.only_from {
@@ -485,7 +598,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 Some(s) => match side_of(s.get_ref(), &sysnames) {
                     Some(side) => Flow::From(side),
                     None => {
-                        ctx.at(s.span(), format!("field `{fname}`: only_from names `{}`, which is not in this sync", s.get_ref()), format!("use `{}` or `{}`", names[0], names[1]));
+                        ctx.at(
+                            s.span(),
+                            format!("field `{fname}`: only_from names `{}`, which is not in this sync", s.get_ref()),
+                            format!("use `{}` or `{}`", names[0], names[1]),
+                        );
                         Flow::Both
                     }
                 },
@@ -496,12 +613,20 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 }
             }
             if fields.iter().any(|f: &FieldMap| f.name == fname) {
-                ctx.at(rf.left.span(), format!("sync `{name}`: field `{fname}` is mapped twice"), "map each column once, or give the fields distinct `name`s");
+                ctx.at(
+                    rf.left.span(),
+                    format!("sync `{name}`: field `{fname}` is mapped twice"),
+                    "map each column once, or give the fields distinct `name`s",
+                );
             }
             fields.push(FieldMap { name: fname, left, right, transform, flow });
         }
         if fields.is_empty() {
-            ctx.at(rs.name.span(), format!("sync `{name}` maps no fields"), "add [[sync.fields]] tables with `left` and `right` columns");
+            ctx.at(
+                rs.name.span(),
+                format!("sync `{name}` maps no fields"),
+                "add [[sync.fields]] tables with `left` and `right` columns",
+            );
         }
         syncs.push(SyncSpec {
             name,
@@ -517,17 +642,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         });
     }
     let cfg = Config { file: file.to_path_buf(), state, batch_size, poll_interval, systems, syncs };
-    if ctx.problems.is_empty() {
-        Ok(cfg)
-    } else {
-        ctx.problems.sort_by_key(|p| p.line.unwrap_or(0));
-        Err(fail(ctx.problems))
-    }
+    Ok((cfg, ctx.problems))
 }
 
 fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
     let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    Problem { line, what: e.message().trim().to_string(), fix: "correct the TOML at that line (see the README's example)".into() }
+    Problem {
+        line,
+        what: e.message().trim().to_string(),
+        fix: "correct the TOML at that line (see the README's example)".into(),
+    }
 }
 
 #[cfg(test)]

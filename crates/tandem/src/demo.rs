@@ -120,7 +120,8 @@ fn show(dir: &Path) -> Result<(), CliError> {
         println!("    {file}: {}", names.join(" | "));
         let mut rows = stmt.query([]).map_err(|e| CliError::Usage(e.to_string()))?;
         while let Some(r) = rows.next().map_err(|e| CliError::Usage(e.to_string()))? {
-            let cells: Vec<String> = (0..n).map(|i| r.get_ref(i).map(|v| format::value(&sqlite_value(v))).unwrap_or_default()).collect();
+            let cells: Vec<String> =
+                (0..n).map(|i| r.get_ref(i).map(|v| format::value(&sqlite_value(v))).unwrap_or_default()).collect();
             println!("      {}", cells.join(" | "));
         }
         Ok(())
@@ -153,11 +154,23 @@ fn step(runner: &mut Runner, title: &str) -> Result<(), CliError> {
 
 /// Runs the demo in `dir`.
 pub fn run(dir: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(dir).map_err(|e| CliError::Io { what: format!("creating {}", dir.display()), source: e })?;
-    for f in ["crm.db", "erp.db", "tandem-state.db", "tandem-state.db-wal", "tandem-state.db-shm", "crm.db-journal", "erp.db-journal"] {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::Io { what: format!("creating {}", dir.display()), source: e })?;
+    for f in [
+        "crm.db",
+        "erp.db",
+        "tandem-state.db",
+        "tandem-state.db-wal",
+        "tandem-state.db-shm",
+        "crm.db-journal",
+        "erp.db-journal",
+    ] {
         let p = dir.join(f);
         if p.exists() {
-            std::fs::remove_file(&p).map_err(|e| CliError::Io { what: format!("removing the previous demo's {}", p.display()), source: e })?;
+            std::fs::remove_file(&p).map_err(|e| CliError::Io {
+                what: format!("removing the previous demo's {}", p.display()),
+                source: e,
+            })?;
         }
     }
     let open = |f: &str| Connection::open(dir.join(f)).map_err(|e| CliError::Usage(format!("creating {f}: {e}")));
@@ -166,7 +179,8 @@ pub fn run(dir: &Path) -> Result<(), CliError> {
     sql(&crm, CRM_SCHEMA)?;
     sql(&erp, ERP_SCHEMA)?;
     let cfg_path = dir.join("tandem.toml");
-    std::fs::write(&cfg_path, DEMO_CONFIG).map_err(|e| CliError::Io { what: format!("writing {}", cfg_path.display()), source: e })?;
+    std::fs::write(&cfg_path, DEMO_CONFIG)
+        .map_err(|e| CliError::Io { what: format!("writing {}", cfg_path.display()), source: e })?;
     println!("Tandem demo in {}", std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf()).display());
     println!("  created crm.db (table contacts), erp.db (table customers) and tandem.toml (read it: every rule is commented)\n");
     println!("1. Before the first sync. Grace Hopper is in both systems (emails differ in case only).");
@@ -184,11 +198,15 @@ pub fn run(dir: &Path) -> Result<(), CliError> {
     step(&mut runner, "both edits crossed over")?;
     show(dir)?;
 
-    println!("\n4. Both systems edit Grace at the same time: her phone (rule: latest wins) and her notes (rule: hold).");
+    println!(
+        "\n4. Both systems edit Grace at the same time: her phone (rule: latest wins) and her notes (rule: hold)."
+    );
     sql(&crm, "UPDATE contacts SET phone = '+1 202 555 0100', notes = 'Prefers email' WHERE id = 2")?;
     std::thread::sleep(std::time::Duration::from_millis(20));
     sql(&erp, "UPDATE customers SET phone_number = '+1 202 555 0111', notes = 'Call before invoicing' WHERE customer_no = 1001")?;
-    println!("   The ERP also moves Grace to 'Due on receipt'; the CRM tries to change Ada's terms (the ERP owns them).");
+    println!(
+        "   The ERP also moves Grace to 'Due on receipt'; the CRM tries to change Ada's terms (the ERP owns them)."
+    );
     sql(&erp, "UPDATE customers SET payment_terms = 'DUE' WHERE customer_no = 1001")?;
     sql(&crm, "UPDATE contacts SET payment_terms = 'Net 60 days' WHERE email_address = 'ada@analytical.example'")?;
     step(&mut runner, "conflicts resolved by their rules")?;
@@ -197,7 +215,14 @@ pub fn run(dir: &Path) -> Result<(), CliError> {
     for a in runner.store.audit(None)?.iter().filter(|a| a.kind == "decision" || a.kind == "conflict") {
         let field = a.field.clone().unwrap_or_default();
         let value = |v: &Option<tandem_core::value::Value>| v.as_ref().map(format::value).unwrap_or_default();
-        println!("     {} {field}: crm {} vs erp {} -> {} ({})", a.kind, value(&a.left), value(&a.right), a.detail, a.rule.clone().unwrap_or_default());
+        println!(
+            "     {} {field}: crm {} vs erp {} -> {} ({})",
+            a.kind,
+            value(&a.left),
+            value(&a.right),
+            a.detail,
+            a.rule.clone().unwrap_or_default()
+        );
     }
     let open_conflicts = runner.store.conflicts(None, true)?;
     for c in &open_conflicts {

@@ -111,7 +111,8 @@ enum TakeSide {
 }
 
 fn init_logs(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     match format {
         LogFormat::Text => builder.init(),
@@ -136,7 +137,9 @@ fn main() {
                 (None, None) => None,
             };
             match (resolve, how) {
-                (Some(_), None) => Err(CliError::Usage("--resolve needs --take left, --take right or --value VALUE".into())),
+                (Some(_), None) => {
+                    Err(CliError::Usage("--resolve needs --take left, --take right or --value VALUE".into()))
+                }
                 (id, how) => commands::conflicts(&config, id.zip(how), all),
             }
         }

@@ -68,7 +68,11 @@ impl Runner {
     }
 
     /// Runs `f` with an engine for sync `i`, opening its tables if needed.
-    pub fn with_engine<T>(&mut self, i: usize, f: impl FnOnce(&mut Engine<'_>) -> Result<T, EngineError>) -> Result<T, EngineError> {
+    pub fn with_engine<T>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut Engine<'_>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
         if self.tables[i].is_none() {
             self.tables[i] = Some(Self::open_tables(&self.cfg, i)?);
         }
@@ -81,9 +85,10 @@ impl Runner {
     /// One cycle of every sync that is due. Failing syncs back off (200 ms doubling to 30 s)
     /// without holding up the others.
     pub fn cycle(&mut self) -> (Vec<Report>, Vec<SyncFailure>) {
-        let mut reports = vec![Report::default(); self.cfg.syncs.len()];
+        let mut reports = Vec::with_capacity(self.cfg.syncs.len());
         let mut failures = Vec::new();
         for i in 0..self.cfg.syncs.len() {
+            reports.push(Report::default());
             if self.health[i].next_try > Instant::now() {
                 continue;
             }
@@ -105,12 +110,19 @@ impl Runner {
                     let h = &mut self.health[i];
                     h.started = false;
                     h.failures += 1;
-                    let delay = Duration::from_millis(200u64.saturating_mul(1 << h.failures.min(8))).min(Duration::from_secs(30));
+                    let delay = Duration::from_millis(200u64.saturating_mul(1 << h.failures.min(8)))
+                        .min(Duration::from_secs(30));
                     h.next_try = Instant::now() + delay;
                     // Reconnect on the next try: the connection may be what broke.
                     self.tables[i] = None;
-                    let fatal = matches!(&error, EngineError::Connector { source, .. } if source.kind == ErrorKind::Schema);
-                    failures.push(SyncFailure { sync: self.cfg.syncs[i].name.clone(), error, failures: h.failures, fatal });
+                    let fatal =
+                        matches!(&error, EngineError::Connector { source, .. } if source.kind == ErrorKind::Schema);
+                    failures.push(SyncFailure {
+                        sync: self.cfg.syncs[i].name.clone(),
+                        error,
+                        failures: h.failures,
+                        fatal,
+                    });
                 }
             }
         }

@@ -54,27 +54,49 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
             let path = cfg.sqlite_path(&ent.system).to_path_buf();
             let line = line_of(text, &ent.table);
             if !path.exists() {
-                push(problems, line, format!("system `{}`: SQLite file {} does not exist", ent.system, path.display()), "correct `path` (relative paths start at the config file's folder)".into());
+                push(
+                    problems,
+                    line,
+                    format!("system `{}`: SQLite file {} does not exist", ent.system, path.display()),
+                    "correct `path` (relative paths start at the config file's folder)".into(),
+                );
                 continue;
             }
             let conn = match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
                 Ok(c) => c,
                 Err(e) => {
-                    push(problems, line, format!("system `{}`: cannot open {}: {e}", ent.system, path.display()), "check the file and its permissions".into());
+                    push(
+                        problems,
+                        line,
+                        format!("system `{}`: cannot open {}: {e}", ent.system, path.display()),
+                        "check the file and its permissions".into(),
+                    );
                     continue;
                 }
             };
             match table_columns(&conn, &ent.table) {
-                Ok(c) if c.is_empty() => push(problems, 
+                Ok(c) if c.is_empty() => push(
+                    problems,
                     line,
-                    format!("sync `{}`: table `{}` does not exist in {} ({})", cfg.syncs[si].name, ent.table, ent.system, path.display()),
+                    format!(
+                        "sync `{}`: table `{}` does not exist in {} ({})",
+                        cfg.syncs[si].name,
+                        ent.table,
+                        ent.system,
+                        path.display()
+                    ),
                     "correct the table name".into(),
                 ),
                 Ok(c) => {
                     cols[side.index()] = c;
                     ok[side.index()] = true;
                 }
-                Err(e) => push(problems, line, format!("system `{}`: cannot read {}: {e}", ent.system, path.display()), "check that the file is a SQLite database".into()),
+                Err(e) => push(
+                    problems,
+                    line,
+                    format!("system `{}`: cannot read {}: {e}", ent.system, path.display()),
+                    "check that the file is a SQLite database".into(),
+                ),
             }
         }
         for side in [Side::Left, Side::Right] {
@@ -88,7 +110,12 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                 let mut pk: Vec<&Column> = c.iter().filter(|c| c.pk > 0).collect();
                 pk.sort_by_key(|c| c.pk);
                 if pk.is_empty() {
-                    push(problems, line_of(text, &ent.table), format!("sync `{}`: table `{}` has no primary key", spec.name, ent.table), "add `key = [\"column\"]` naming columns that identify a record".into());
+                    push(
+                        problems,
+                        line_of(text, &ent.table),
+                        format!("sync `{}`: table `{}` has no primary key", spec.name, ent.table),
+                        "add `key = [\"column\"]` naming columns that identify a record".into(),
+                    );
                 }
                 ent.key = pk.into_iter().map(|c| c.name.clone()).collect();
             }
@@ -101,7 +128,10 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                 let names: Vec<&str> = cols[side.index()].iter().map(|c| c.name.as_str()).collect();
                 problems.push(Problem {
                     line: line_of(text, col),
-                    what: format!("sync `{}`: {what} `{col}` does not exist in {}.{}", spec.name, ent.system, ent.table),
+                    what: format!(
+                        "sync `{}`: {what} `{col}` does not exist in {}.{}",
+                        spec.name, ent.system, ent.table
+                    ),
                     fix: format!("use one of: {}", names.join(", ")),
                 });
                 false
@@ -124,7 +154,8 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
             if !present {
                 continue;
             }
-            let decl = |side: Side, i: usize| has(side, &f.columns(side)[i]).map(|c| c.decl_type.clone()).unwrap_or_default();
+            let decl =
+                |side: Side, i: usize| has(side, &f.columns(side)[i]).map(|c| c.decl_type.clone()).unwrap_or_default();
             match &f.transform {
                 Transform::Rename => {
                     let (l, r) = (decl(Side::Left, 0), decl(Side::Right, 0));
@@ -146,7 +177,10 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                             if kind(&decl(side, i)) == Kind::Number {
                                 problems.push(Problem {
                                     line: line_of(text, c),
-                                    what: format!("sync `{}`: split_name field `{}` uses numeric column `{c}`", spec.name, f.name),
+                                    what: format!(
+                                        "sync `{}`: split_name field `{}` uses numeric column `{c}`",
+                                        spec.name, f.name
+                                    ),
                                     fix: "split_name works on text columns".into(),
                                 });
                             }
@@ -161,7 +195,13 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                             if !value_fits(&d, v) {
                                 problems.push(Problem {
                                     line: line_of(text, &f.left[0]),
-                                    what: format!("sync `{}`: map value {v} of field `{}` does not fit {} column `{}`", spec.name, f.name, d, f.columns(side)[0]),
+                                    what: format!(
+                                        "sync `{}`: map value {v} of field `{}` does not fit {} column `{}`",
+                                        spec.name,
+                                        f.name,
+                                        d,
+                                        f.columns(side)[0]
+                                    ),
                                     fix: "use values of the column's type in the map".into(),
                                 });
                             }
@@ -199,8 +239,9 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                 if !c.not_null || c.has_default || c.pk > 0 {
                     continue;
                 }
-                let written = spec.fields.iter().any(|f| f.flow.allows_from(source) && f.columns(target).contains(&c.name))
-                    || spec.defaults[target.index()].contains_key(&c.name);
+                let written =
+                    spec.fields.iter().any(|f| f.flow.allows_from(source) && f.columns(target).contains(&c.name))
+                        || spec.defaults[target.index()].contains_key(&c.name);
                 if !written {
                     problems.push(Problem {
                         line: line_of(text, &ent.table),

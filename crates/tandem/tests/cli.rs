@@ -18,7 +18,9 @@ fn demo_runs_and_leaves_inspectable_files() {
     assert!(t.contains("held for a person"), "{t}");
     let crm = db(&dir.path("crm.db"));
     let erp = db(&dir.path("erp.db"));
-    let n = |c: &rusqlite::Connection, t: &str| c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get::<_, i64>(0)).unwrap();
+    let n = |c: &rusqlite::Connection, t: &str| {
+        c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get::<_, i64>(0)).unwrap()
+    };
     assert_eq!(n(&crm, "contacts"), 4);
     assert_eq!(n(&erp, "customers"), 4);
     // Nobody is duplicated: every email once on each side.
@@ -32,7 +34,12 @@ fn demo_runs_and_leaves_inspectable_files() {
     assert!(s.contains("records linked:      4") && s.contains("open conflicts:      1"), "{s}");
 
     let list = text(&tandem(&["conflicts", "-c", cfg]));
-    assert!(list.contains("field:  notes") && list.contains("\"Call before invoicing\"") && list.contains("\"Prefers email\""), "{list}");
+    assert!(
+        list.contains("field:  notes")
+            && list.contains("\"Call before invoicing\"")
+            && list.contains("\"Prefers email\""),
+        "{list}"
+    );
     let res = tandem(&["conflicts", "-c", cfg, "--resolve", "1", "--take", "right"]);
     assert!(res.status.success(), "{}", text(&res));
     let notes = |c: &rusqlite::Connection, sql: &str| c.query_row(sql, [], |r| r.get::<_, String>(0)).unwrap();
@@ -58,9 +65,18 @@ fn run_once_syncs_both_ways_and_an_idle_pair_writes_nothing() {
     let out = tandem(&["run", "--once", "-c", c]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("a → b: 1 created") && t.contains("b → a: 1 created") && t.contains("1 linked by match_on"), "{t}");
-    assert_eq!(rows(&b, "SELECT first, last, mail, level FROM clients WHERE mail = 'alan@x'"), vec![vec!["Alan", "Turing", "alan@x", "std"]]);
-    assert_eq!(rows(&a, "SELECT name, tier FROM people WHERE email = 'grace@x'"), vec![vec!["Grace Hopper", "standard"]]);
+    assert!(
+        t.contains("a → b: 1 created") && t.contains("b → a: 1 created") && t.contains("1 linked by match_on"),
+        "{t}"
+    );
+    assert_eq!(
+        rows(&b, "SELECT first, last, mail, level FROM clients WHERE mail = 'alan@x'"),
+        vec![vec!["Alan", "Turing", "alan@x", "std"]]
+    );
+    assert_eq!(
+        rows(&a, "SELECT name, tier FROM people WHERE email = 'grace@x'"),
+        vec![vec!["Grace Hopper", "standard"]]
+    );
 
     // Edits on both sides, to different fields of the same record: both survive.
     a.execute("UPDATE people SET note = 'from a' WHERE email = 'ada@x'", []).unwrap();
@@ -74,7 +90,12 @@ fn run_once_syncs_both_ways_and_an_idle_pair_writes_nothing() {
     b.execute("DELETE FROM clients WHERE mail = 'grace@x'", []).unwrap();
     a.execute("DELETE FROM people WHERE email = 'alan@x'", []).unwrap();
     let out = tandem(&["run", "--once", "-c", c]);
-    assert!(text(&out).contains("a → b: 0 created, 0 updated, 1 deleted") && text(&out).contains("b → a: 0 created, 0 updated, 1 deleted"), "{}", text(&out));
+    assert!(
+        text(&out).contains("a → b: 0 created, 0 updated, 1 deleted")
+            && text(&out).contains("b → a: 0 created, 0 updated, 1 deleted"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(rows(&a, "SELECT note FROM people WHERE email = 'grace@x'"), vec![vec!["deleted in b"]]);
     assert!(rows(&b, "SELECT * FROM clients WHERE mail = 'alan@x'").is_empty());
     // The soft-deleted record stays out of the sync: editing it does not recreate it in b.
@@ -96,7 +117,9 @@ fn check_reports_every_problem_with_its_line_and_writes_nothing() {
     let dir = TempDir::new("check");
     let cfg = pair(&dir, "conflict = { prefer = \"c\" }\ncolour = \"red\"");
     let good = std::fs::read_to_string(&cfg).unwrap();
-    let bad = good.replace("left = \"note\"", "left = \"nots\"").replace("right = \"mail\"\n", "right = \"mail\"\ntransfrom = \"x\"\n");
+    let bad = good
+        .replace("left = \"note\"", "left = \"nots\"")
+        .replace("right = \"mail\"\n", "right = \"mail\"\ntransfrom = \"x\"\n");
     std::fs::write(&cfg, &bad).unwrap();
     let out = tandem(&["check", "-c", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -106,6 +129,11 @@ fn check_reports_every_problem_with_its_line_and_writes_nothing() {
     assert!(t.contains(&format!("tandem.toml:{}: unknown key `transfrom`", line("transfrom"))), "{t}");
     assert!(t.contains(&format!("tandem.toml:{}: sync `people`: `prefer` names system `c`", line("prefer"))), "{t}");
     assert!(t.contains("fix:"), "{t}");
+    // Schema problems are reported in the same run.
+    assert!(
+        t.contains(&format!("tandem.toml:{}: sync `people`: column `nots` does not exist in a.people", line("nots"))),
+        "{t}"
+    );
     // Schema problems come once the file parses: an unknown column, incompatible types.
     let schema_bad = good
         .replace("colour = \"red\"\n", "")
@@ -116,13 +144,22 @@ fn check_reports_every_problem_with_its_line_and_writes_nothing() {
     let out = tandem(&["check", "-c", cfg.to_str().unwrap()]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("column `nots` does not exist in a.people") && t.contains("use one of: id, name, email, note, tier"), "{t}");
+    assert!(
+        t.contains("column `nots` does not exist in a.people") && t.contains("use one of: id, name, email, note, tier"),
+        "{t}"
+    );
     assert!(t.contains("text and numbers do not convert"), "{t}");
     assert!(!dir.path("state.db").exists(), "check created the state file");
     let a = db(&dir.path("a.db"));
-    assert!(rows(&a, "SELECT name FROM sqlite_master WHERE name LIKE '_tandem%'").is_empty(), "check installed capture");
+    assert!(
+        rows(&a, "SELECT name FROM sqlite_master WHERE name LIKE '_tandem%'").is_empty(),
+        "check installed capture"
+    );
     // A missing NOT NULL column mapping is a config error too.
-    let no_first = good.replace("colour = \"red\"\n", "").replace("{ prefer = \"c\" }", "\"latest\"").replace("right = [\"first\", \"last\"]\ntransform = \"split_name\"", "right = \"last\"");
+    let no_first = good
+        .replace("colour = \"red\"\n", "")
+        .replace("{ prefer = \"c\" }", "\"latest\"")
+        .replace("right = [\"first\", \"last\"]\ntransform = \"split_name\"", "right = \"last\"");
     std::fs::write(&cfg, no_first).unwrap();
     let t = text(&tandem(&["check", "-c", cfg.to_str().unwrap()]));
     assert!(t.contains("b.clients.first is NOT NULL without a default"), "{t}");
@@ -149,16 +186,21 @@ fn bad_rows_go_to_dead_letters_and_the_rest_keeps_syncing() {
     // Fix the data: the corrected row syncs by itself.
     a.execute("UPDATE people SET name = 'No Longer Nameless' WHERE email = 'noname@x'", []).unwrap();
     // Fix the config: add the missing value, then ask for a retry.
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("\"standard\" = \"std\"", "\"standard\" = \"std\", \"platinum\" = \"PLT\"")).unwrap();
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("\"standard\" = \"std\"", "\"standard\" = \"std\", \"platinum\" = \"PLT\""),
+    )
+    .unwrap();
     let retry = tandem(&["dead-letters", "-c", c, "--retry-all"]);
     assert!(text(&retry).contains("queued 2"), "{}", text(&retry));
     let out = tandem(&["run", "--once", "-c", c]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(rows(&b, "SELECT mail, level FROM clients ORDER BY mail"), vec![
-        vec!["bo@x", "PLT"],
-        vec!["noname@x", "GLD"],
-        vec!["ok@x", "GLD"],
-    ]);
+    assert_eq!(
+        rows(&b, "SELECT mail, level FROM clients ORDER BY mail"),
+        vec![vec!["bo@x", "PLT"], vec!["noname@x", "GLD"], vec!["ok@x", "GLD"],]
+    );
     assert!(text(&tandem(&["dead-letters", "-c", c])).contains("no dead letters"));
     let status = text(&tandem(&["status", "-c", c]));
     assert!(status.contains("records linked:      3") && status.contains("dead letters:        0"), "{status}");
@@ -168,7 +210,15 @@ fn bad_rows_go_to_dead_letters_and_the_rest_keeps_syncing() {
 fn continuous_run_sees_changes_within_a_second_and_stops_cleanly_on_ctrl_c() {
     let dir = TempDir::new("run");
     let cfg = pair(&dir, "");
-    let mut child = Kill(Command::new(bin()).args(["run", "-c", cfg.to_str().unwrap()]).env("TANDEM_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap());
+    let mut child = Kill(
+        Command::new(bin())
+            .args(["run", "-c", cfg.to_str().unwrap()])
+            .env("TANDEM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let a = db(&dir.path("a.db"));
     let b = db(&dir.path("b.db"));
     let wait_for = |conn: &rusqlite::Connection, sql: &str, limit: Duration| {

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 #[test]
 fn sigkill_during_a_two_sided_workload_converges_without_duplicates() {
-    let seed: u64 = std::env::var("TANDEM_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    let seed: u64 =
+        std::env::var("TANDEM_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     let kills: u32 = std::env::var("TANDEM_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
     eprintln!("crash test seed {seed} (replay with TANDEM_CRASH_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -20,14 +21,25 @@ fn sigkill_during_a_two_sided_workload_converges_without_duplicates() {
     let cfg = pair(&dir, "batch_size = 25");
     // No matching by email: a create repeated after a crash must be caught by the intent
     // protocol itself, not hidden by linking the duplicate.
-    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace("match_on = {", "# match_on = {").replace("batch_size = 25\n", "");
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("match_on = {", "# match_on = {")
+        .replace("batch_size = 25\n", "");
     std::fs::write(&cfg, format!("batch_size = 25\n{text_cfg}")).unwrap();
     {
         let a = db(&dir.path("a.db"));
         let b = db(&dir.path("b.db"));
         for i in 0..300 {
-            a.execute("INSERT INTO people (name, email, note, tier) VALUES (?1, ?2, 'seed', 'gold')", [format!("Seed A{i}"), format!("sa{i}@x")]).unwrap();
-            b.execute("INSERT INTO clients (first, last, mail, memo, level) VALUES ('Seed', ?1, ?2, 'seed', 'std')", [format!("B{i}"), format!("sb{i}@x")]).unwrap();
+            a.execute(
+                "INSERT INTO people (name, email, note, tier) VALUES (?1, ?2, 'seed', 'gold')",
+                [format!("Seed A{i}"), format!("sa{i}@x")],
+            )
+            .unwrap();
+            b.execute(
+                "INSERT INTO clients (first, last, mail, memo, level) VALUES ('Seed', ?1, ?2, 'seed', 'std')",
+                [format!("B{i}"), format!("sb{i}@x")],
+            )
+            .unwrap();
         }
     }
 
@@ -45,12 +57,29 @@ fn sigkill_during_a_two_sided_workload_converges_without_duplicates() {
                 let on_a = rng.bool();
                 let roll = rng.u8(0..10);
                 let r = match (on_a, roll) {
-                    (true, 0..=2) => a.execute("INSERT INTO people (name, email, note, tier) VALUES (?1, ?2, 'new', 'standard')", [format!("Wa {n}"), format!("wa{n}@x")]),
-                    (false, 0..=2) => b.execute("INSERT INTO clients (first, last, mail, memo) VALUES ('Wb', ?1, ?2, 'new')", [format!("{n}"), format!("wb{n}@x")]),
-                    (true, 3..=8) => a.execute("UPDATE people SET note = ?1 WHERE id = (SELECT id FROM people ORDER BY random() LIMIT 1)", [format!("a-edit {n}")]),
-                    (false, 3..=8) => b.execute("UPDATE clients SET memo = ?1 WHERE no = (SELECT no FROM clients ORDER BY random() LIMIT 1)", [format!("b-edit {n}")]),
-                    (true, _) => a.execute("DELETE FROM people WHERE id = (SELECT id FROM people ORDER BY random() LIMIT 1)", []),
-                    (false, _) => b.execute("DELETE FROM clients WHERE no = (SELECT no FROM clients ORDER BY random() LIMIT 1)", []),
+                    (true, 0..=2) => a.execute(
+                        "INSERT INTO people (name, email, note, tier) VALUES (?1, ?2, 'new', 'standard')",
+                        [format!("Wa {n}"), format!("wa{n}@x")],
+                    ),
+                    (false, 0..=2) => b.execute(
+                        "INSERT INTO clients (first, last, mail, memo) VALUES ('Wb', ?1, ?2, 'new')",
+                        [format!("{n}"), format!("wb{n}@x")],
+                    ),
+                    (true, 3..=8) => a.execute(
+                        "UPDATE people SET note = ?1 WHERE id = (SELECT id FROM people ORDER BY random() LIMIT 1)",
+                        [format!("a-edit {n}")],
+                    ),
+                    (false, 3..=8) => b.execute(
+                        "UPDATE clients SET memo = ?1 WHERE no = (SELECT no FROM clients ORDER BY random() LIMIT 1)",
+                        [format!("b-edit {n}")],
+                    ),
+                    (true, _) => {
+                        a.execute("DELETE FROM people WHERE id = (SELECT id FROM people ORDER BY random() LIMIT 1)", [])
+                    }
+                    (false, _) => b.execute(
+                        "DELETE FROM clients WHERE no = (SELECT no FROM clients ORDER BY random() LIMIT 1)",
+                        [],
+                    ),
                 };
                 r.expect("user write");
                 std::thread::sleep(Duration::from_millis(rng.u64(1..8)));
@@ -60,7 +89,15 @@ fn sigkill_during_a_two_sided_workload_converges_without_duplicates() {
     };
 
     for _ in 0..kills {
-        let child = Kill(Command::new(bin()).args(["run", "-c", cfg.to_str().unwrap()]).env("TANDEM_LOG", "error").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let child = Kill(
+            Command::new(bin())
+                .args(["run", "-c", cfg.to_str().unwrap()])
+                .env("TANDEM_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
         drop(child); // SIGKILL
     }

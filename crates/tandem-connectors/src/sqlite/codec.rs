@@ -59,7 +59,9 @@ impl Affinity {
             (_, Value::Null) => true,
             (Affinity::Text | Affinity::Blob, _) => true,
             (_, Value::Int(_) | Value::Float(_) | Value::Bool(_)) => true,
-            (Affinity::Integer, Value::Text(t)) => t.trim().parse::<i64>().is_ok() || t.trim().parse::<f64>().is_ok_and(|f| f.fract() == 0.0),
+            (Affinity::Integer, Value::Text(t)) => {
+                t.trim().parse::<i64>().is_ok() || t.trim().parse::<f64>().is_ok_and(|f| f.fract() == 0.0)
+            }
             (_, Value::Text(t)) => t.trim().parse::<f64>().is_ok(),
             (_, Value::Bytes(_)) => false,
         }

@@ -27,9 +27,9 @@ pub(crate) fn ident(name: &str) -> String {
 /// Maps a rusqlite error to a connector error.
 pub(crate) fn sql_err(context: impl std::fmt::Display, e: rusqlite::Error) -> ConnectorError {
     let kind = match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked | rusqlite::ErrorCode::CannotOpen) => {
-            ErrorKind::Unavailable
-        }
+        Some(
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked | rusqlite::ErrorCode::CannotOpen,
+        ) => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     };
     ConnectorError { kind, message: format!("{context}: {e}"), source: Some(Box::new(e)) }
@@ -77,13 +77,20 @@ impl SqliteTable {
     /// Opens `table` in the SQLite file at `path`, keyed by `key`.
     pub fn open(path: &Path, table: &str, key: &[String]) -> Result<Self, ConnectorError> {
         let conn = open(path)?;
-        let columns = table_columns(&conn, table).map_err(|e| sql_err(format_args!("reading {}", path.display()), e))?;
+        let columns =
+            table_columns(&conn, table).map_err(|e| sql_err(format_args!("reading {}", path.display()), e))?;
         if columns.is_empty() {
-            return Err(ConnectorError::new(ErrorKind::Schema, format!("table `{table}` does not exist in {}", path.display())));
+            return Err(ConnectorError::new(
+                ErrorKind::Schema,
+                format!("table `{table}` does not exist in {}", path.display()),
+            ));
         }
         for k in key {
             if !columns.iter().any(|c| &c.name == k) {
-                return Err(ConnectorError::new(ErrorKind::Schema, format!("key column `{k}` does not exist in {}:{table}", path.display())));
+                return Err(ConnectorError::new(
+                    ErrorKind::Schema,
+                    format!("key column `{k}` does not exist in {}:{table}", path.display()),
+                ));
             }
         }
         Ok(SqliteTable { conn, path: path.to_path_buf(), table: table.to_string(), key: key.to_vec(), columns })
@@ -105,7 +112,11 @@ impl SqliteTable {
     /// Whether capture is installed for this table.
     pub fn capture_installed(&self) -> Result<bool, ConnectorError> {
         self.conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1", [self.trigger("ins")], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                [self.trigger("ins")],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n > 0)
             .map_err(|e| sql_err(self.ctx("checking capture"), e))
     }
@@ -115,10 +126,15 @@ impl SqliteTable {
     pub fn uninstall(&mut self) -> Result<String, ConnectorError> {
         let tx = self.conn.unchecked_transaction().map_err(|e| sql_err(self.ctx("uninstalling"), e))?;
         for s in ["ins", "upd", "del"] {
-            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {};", ident(&self.trigger(s)))).map_err(|e| sql_err("dropping trigger", e))?;
+            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {};", ident(&self.trigger(s))))
+                .map_err(|e| sql_err("dropping trigger", e))?;
         }
         let left: i64 = tx
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_tandem\\_%' ESCAPE '\\'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_tandem\\_%' ESCAPE '\\'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| sql_err("counting triggers", e))?;
         let mut what = format!("removed capture triggers of {} from {}", self.table, self.path.display());
         if left == 0 {
@@ -126,7 +142,8 @@ impl SqliteTable {
                 .map_err(|e| sql_err("dropping change log", e))?;
             what.push_str(" and Tandem's tables (_tandem_changes, _tandem_session, _tandem_intents)");
         } else {
-            tx.execute("DELETE FROM _tandem_changes WHERE tbl = ?1", [&self.table]).map_err(|e| sql_err("clearing change log", e))?;
+            tx.execute("DELETE FROM _tandem_changes WHERE tbl = ?1", [&self.table])
+                .map_err(|e| sql_err("clearing change log", e))?;
         }
         tx.commit().map_err(|e| sql_err("uninstalling", e))?;
         Ok(what)
@@ -138,7 +155,11 @@ impl SqliteTable {
             return Ok(0);
         }
         self.conn
-            .query_row("SELECT count(*) FROM _tandem_changes WHERE tbl = ?1 AND id > ?2", rusqlite::params![self.table, after as i64], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT count(*) FROM _tandem_changes WHERE tbl = ?1 AND id > ?2",
+                rusqlite::params![self.table, after as i64],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n as u64)
             .map_err(|e| sql_err(self.ctx("counting backlog"), e))
     }
@@ -152,7 +173,8 @@ impl SqliteTable {
         for (i, c) in self.columns.iter().enumerate() {
             row.insert(c.name.clone(), from_sql(r.get_ref(i)?));
         }
-        let key = Key::from_values(&self.key.iter().map(|k| row.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>());
+        let key =
+            Key::from_values(&self.key.iter().map(|k| row.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>());
         Ok((key, row))
     }
 
@@ -164,14 +186,24 @@ impl SqliteTable {
     fn check_fit(&self, values: &Row) -> Result<(), RowError> {
         for (col, v) in values {
             let Some(c) = self.columns.iter().find(|c| &c.name == col) else {
-                return Err(RowError { column: Some(col.clone()), value_type: Some(v.type_name()), reason: format!("column {}.{col} does not exist", self.table) });
+                return Err(RowError {
+                    column: Some(col.clone()),
+                    value_type: Some(v.type_name()),
+                    reason: format!("column {}.{col} does not exist", self.table),
+                });
             };
             let aff = Affinity::of(&c.decl_type);
             if !aff.fits(v) {
                 return Err(RowError {
                     column: Some(col.clone()),
                     value_type: Some(v.type_name()),
-                    reason: format!("column {}.{col} is {} column ({}); the {} value {v} does not fit", self.table, aff.name(), c.decl_type, v.type_name()),
+                    reason: format!(
+                        "column {}.{col} is {} column ({}); the {} value {v} does not fit",
+                        self.table,
+                        aff.name(),
+                        c.decl_type,
+                        v.type_name()
+                    ),
                 });
             }
         }
@@ -193,7 +225,9 @@ impl SqliteTable {
                 // A NULL for a NOT NULL column with a default means "let the default apply".
                 let values: Row = values
                     .iter()
-                    .filter(|(c, v)| !(v.is_null() && self.columns.iter().any(|x| &x.name == *c && x.not_null && x.has_default)))
+                    .filter(|(c, v)| {
+                        !(v.is_null() && self.columns.iter().any(|x| &x.name == *c && x.not_null && x.has_default))
+                    })
                     .map(|(c, v)| (c.clone(), v.clone()))
                     .collect();
                 let cols: Vec<String> = values.keys().map(|c| ident(c)).collect();
@@ -202,20 +236,31 @@ impl SqliteTable {
                 let sql = if values.is_empty() {
                     format!("INSERT INTO {} DEFAULT VALUES RETURNING {}", ident(&self.table), keys.join(", "))
                 } else {
-                    format!("INSERT INTO {} ({}) VALUES ({}) RETURNING {}", ident(&self.table), cols.join(", "), marks.join(", "), keys.join(", "))
+                    format!(
+                        "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
+                        ident(&self.table),
+                        cols.join(", "),
+                        marks.join(", "),
+                        keys.join(", ")
+                    )
                 };
                 let key = tx.query_row(&sql, params_from_iter(values.values().map(to_sql)), |r| {
                     (0..self.key.len()).map(|i| r.get_ref(i).map(from_sql)).collect::<rusqlite::Result<Vec<Value>>>()
                 });
                 key.map(|k| Key::from_values(&k)).and_then(|k| {
-                    tx.execute("INSERT OR REPLACE INTO _tandem_intents (id, tbl, pk) VALUES (?1, ?2, ?3)", rusqlite::params![intent, self.table, k.as_str()])?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO _tandem_intents (id, tbl, pk) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![intent, self.table, k.as_str()],
+                    )?;
                     Ok(k)
                 })
             }
             Write::Update { key, values } => {
-                let sets: Vec<String> = values.keys().enumerate().map(|(i, c)| format!("{} = ?{}", ident(c), i + 1)).collect();
+                let sets: Vec<String> =
+                    values.keys().enumerate().map(|(i, c)| format!("{} = ?{}", ident(c), i + 1)).collect();
                 let n = values.len();
-                let wh: Vec<String> = self.key.iter().enumerate().map(|(i, k)| format!("{} = ?{}", ident(k), n + i + 1)).collect();
+                let wh: Vec<String> =
+                    self.key.iter().enumerate().map(|(i, k)| format!("{} = ?{}", ident(k), n + i + 1)).collect();
                 let sql = format!("UPDATE {} SET {} WHERE {}", ident(&self.table), sets.join(", "), wh.join(" AND "));
                 let params: Vec<Value> = values.values().cloned().chain(key.values()).collect();
                 tx.execute(&sql, params_from_iter(params.iter().map(to_sql))).map(|_| key.clone())
@@ -227,11 +272,22 @@ impl SqliteTable {
         };
         match result {
             Ok(k) => Ok(Ok(k)),
-            Err(e @ rusqlite::Error::SqliteFailure(..)) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) || e.sqlite_error_code() == Some(rusqlite::ErrorCode::TypeMismatch) => {
+            Err(e @ rusqlite::Error::SqliteFailure(..))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+                    || e.sqlite_error_code() == Some(rusqlite::ErrorCode::TypeMismatch) =>
+            {
                 let msg = e.to_string();
-                let column = msg.rsplit_once(": ").map(|(_, c)| c.rsplit('.').next().unwrap_or(c).to_string()).filter(|c| self.columns.iter().any(|x| &x.name == c));
-                let value_type = column.as_ref().map(|c| values.and_then(|v| v.get(c)).map(Value::type_name).unwrap_or("null"));
-                Ok(Err(RowError { column, value_type, reason: format!("{}:{} refused the write: {msg}", self.path.display(), self.table) }))
+                let column = msg
+                    .rsplit_once(": ")
+                    .map(|(_, c)| c.rsplit('.').next().unwrap_or(c).to_string())
+                    .filter(|c| self.columns.iter().any(|x| &x.name == c));
+                let value_type =
+                    column.as_ref().map(|c| values.and_then(|v| v.get(c)).map(Value::type_name).unwrap_or("null"));
+                Ok(Err(RowError {
+                    column,
+                    value_type,
+                    reason: format!("{}:{} refused the write: {msg}", self.path.display(), self.table),
+                }))
             }
             Err(e) => Err(e),
         }
@@ -245,8 +301,10 @@ impl Connector for SqliteTable {
         }
         let t = ident(&self.table);
         let lit = self.table.replace('\'', "''");
-        let ins = format!("INSERT INTO _tandem_changes (tbl, pk, at) VALUES ('{lit}', {}, {NOW_MS})", self.key_json("NEW"));
-        let old = format!("INSERT INTO _tandem_changes (tbl, pk, at) SELECT '{lit}', {}, {NOW_MS}", self.key_json("OLD"));
+        let ins =
+            format!("INSERT INTO _tandem_changes (tbl, pk, at) VALUES ('{lit}', {}, {NOW_MS})", self.key_json("NEW"));
+        let old =
+            format!("INSERT INTO _tandem_changes (tbl, pk, at) SELECT '{lit}', {}, {NOW_MS}", self.key_json("OLD"));
         let changed: Vec<String> = self.key.iter().map(|k| format!("OLD.{0} IS NOT NEW.{0}", ident(k))).collect();
         let when = "WHEN NOT EXISTS (SELECT 1 FROM _tandem_session)";
         let ddl = format!(
@@ -259,7 +317,8 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             td = ident(&self.trigger("del")),
             changed = changed.join(" OR "),
         );
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(|e| sql_err(self.ctx("installing capture"), e))?;
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| sql_err(self.ctx("installing capture"), e))?;
         tx.execute_batch(&ddl).map_err(|e| sql_err(self.ctx("installing capture"), e))?;
         tx.commit().map_err(|e| sql_err(self.ctx("installing capture"), e))?;
         Ok(Some(format!(
@@ -272,7 +331,11 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
 
     fn head(&mut self) -> Result<u64, ConnectorError> {
         self.conn
-            .query_row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changes'), 0)", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changes'), 0)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n as u64)
             .map_err(|e| sql_err(self.ctx("reading change log head"), e))
     }
@@ -290,7 +353,12 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             .map_err(|e| sql_err(self.ctx("reading changes"), e))?;
         let mut touched = Vec::with_capacity(rows.len());
         for (id, pk, at) in rows {
-            let key = Key::parse(&pk).ok_or_else(|| ConnectorError::new(ErrorKind::Internal, format!("change {id} in {} has an unreadable key", self.path.display())))?;
+            let key = Key::parse(&pk).ok_or_else(|| {
+                ConnectorError::new(
+                    ErrorKind::Internal,
+                    format!("change {id} in {} has an unreadable key", self.path.display()),
+                )
+            })?;
             touched.push(Touched { pos: id as u64, key, at_ms: at });
         }
         let next = touched.last().map(|t| t.pos).unwrap_or(after);
@@ -299,14 +367,21 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
 
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError> {
         self.conn
-            .execute("DELETE FROM _tandem_changes WHERE tbl = ?1 AND id <= ?2", rusqlite::params![self.table, upto as i64])
+            .execute(
+                "DELETE FROM _tandem_changes WHERE tbl = ?1 AND id <= ?2",
+                rusqlite::params![self.table, upto as i64],
+            )
             .map(|_| ())
             .map_err(|e| sql_err(self.ctx("trimming change log"), e))
     }
 
     fn last_change_at(&mut self, key: &Key) -> Result<Option<i64>, ConnectorError> {
         self.conn
-            .query_row("SELECT max(at) FROM _tandem_changes WHERE tbl = ?1 AND pk = ?2", rusqlite::params![self.table, key.as_str()], |r| r.get::<_, Option<i64>>(0))
+            .query_row(
+                "SELECT max(at) FROM _tandem_changes WHERE tbl = ?1 AND pk = ?2",
+                rusqlite::params![self.table, key.as_str()],
+                |r| r.get::<_, Option<i64>>(0),
+            )
             .map_err(|e| sql_err(self.ctx("reading change time"), e))
     }
 
@@ -335,7 +410,14 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             None => (format!("{} ORDER BY {order} LIMIT {limit}", self.select()), vec![]),
             Some(k) => {
                 let marks: Vec<String> = (1..=keys.len()).map(|i| format!("?{i}")).collect();
-                (format!("{} WHERE ({order}) > ({}) ORDER BY {order} LIMIT {limit}", self.select(), marks.join(", ")), k.values())
+                (
+                    format!(
+                        "{} WHERE ({order}) > ({}) ORDER BY {order} LIMIT {limit}",
+                        self.select(),
+                        marks.join(", ")
+                    ),
+                    k.values(),
+                )
             }
         };
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| sql_err(self.ctx("scanning"), e))?;
@@ -349,9 +431,17 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
     fn find(&mut self, column: &str, value: &Value, case_insensitive: bool) -> Result<Vec<(Key, Row)>, ConnectorError> {
         let c = ident(column);
         let sql = if case_insensitive && matches!(value, Value::Text(_)) {
-            format!("{} WHERE lower({c}) = lower(?1) ORDER BY {}", self.select(), self.key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", "))
+            format!(
+                "{} WHERE lower({c}) = lower(?1) ORDER BY {}",
+                self.select(),
+                self.key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ")
+            )
         } else {
-            format!("{} WHERE {c} = ?1 ORDER BY {}", self.select(), self.key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", "))
+            format!(
+                "{} WHERE {c} = ?1 ORDER BY {}",
+                self.select(),
+                self.key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ")
+            )
         };
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| sql_err(self.ctx("matching"), e))?;
         let rows = stmt
@@ -363,7 +453,8 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
 
     fn apply(&mut self, writes: &[Write]) -> Result<Vec<WriteResult>, ConnectorError> {
         let ctx = self.ctx("applying");
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(|e| sql_err(&ctx, e))?;
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| sql_err(&ctx, e))?;
         tx.execute("INSERT INTO _tandem_session (active) VALUES (1)", []).map_err(|e| sql_err(&ctx, e))?;
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
@@ -391,7 +482,8 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
     fn forget_intents(&mut self, ids: &[String]) -> Result<(), ConnectorError> {
         let tx = self.conn.unchecked_transaction().map_err(|e| sql_err(self.ctx("forgetting intents"), e))?;
         for id in ids {
-            tx.execute("DELETE FROM _tandem_intents WHERE id = ?1", [id]).map_err(|e| sql_err("forgetting intents", e))?;
+            tx.execute("DELETE FROM _tandem_intents WHERE id = ?1", [id])
+                .map_err(|e| sql_err("forgetting intents", e))?;
         }
         tx.commit().map_err(|e| sql_err(self.ctx("forgetting intents"), e))
     }

@@ -19,9 +19,16 @@ pub struct Column {
 
 /// The columns of `table` (empty when the table does not exist).
 pub fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<Column>> {
-    let mut stmt = conn.prepare("SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1)")?;
+    let mut stmt =
+        conn.prepare("SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1)")?;
     let rows = stmt.query_map([table], |r| {
-        Ok(Column { name: r.get(0)?, decl_type: r.get(1)?, not_null: r.get::<_, i64>(2)? != 0, has_default: r.get(3)?, pk: r.get(4)? })
+        Ok(Column {
+            name: r.get(0)?,
+            decl_type: r.get(1)?,
+            not_null: r.get::<_, i64>(2)? != 0,
+            has_default: r.get(3)?,
+            pk: r.get(4)?,
+        })
     })?;
     rows.collect()
 }
