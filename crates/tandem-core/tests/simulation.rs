@@ -356,13 +356,11 @@ fn random_interleavings_converge_without_loss() {
     let budget = std::time::Duration::from_secs(env_num("TANDEM_SIM_BUDGET_SECS", 60));
     let started = std::time::Instant::now();
     let mut crashes = 0;
-    let mut ran = 0;
-    for seed in seeds {
+    for (ran, seed) in seeds.into_iter().enumerate() {
         if started.elapsed() > budget {
             eprintln!("time budget of {budget:?} reached after {ran} seeds");
             break;
         }
-        ran += 1;
         eprintln!("simulation seed {seed} (replay with TANDEM_SIM_SEED={seed})");
         let mut world = World::new(seed);
         world.run(steps);
