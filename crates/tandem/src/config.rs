@@ -282,7 +282,8 @@ pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// The pure phase: parses and checks the text without touching any system.
+/// The pure phase alone: parses and checks the text without touching any system.
+#[cfg(test)]
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let (cfg, mut problems) = parse_partial(file, text)?;
     if problems.is_empty() {
