@@ -839,6 +839,17 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// A rule name with sides spelled as the systems' names (`prefer:erp`, `one_way:erp`).
+    fn rule_label(&self, rule: &str) -> String {
+        match rule.split_once(':') {
+            Some((name, side)) => match Side::parse(side) {
+                Some(s) => format!("{name}:{}", self.spec.system(s)),
+                None => rule.to_string(),
+            },
+            None => rule.to_string(),
+        }
+    }
+
     fn decision_audit(&self, link: &Link, d: &Decision, kind: &str) -> AuditRow {
         AuditRow {
             kind: kind.into(),
@@ -849,9 +860,9 @@ impl<'a> Engine<'a> {
             left: Some(d.left.clone()),
             right: Some(d.right.clone()),
             winner: d.winner,
-            rule: Some(d.rule.clone()),
+            rule: Some(self.rule_label(&d.rule)),
             detail: match d.winner {
-                Some(w) => format!("{} wins by rule {}", self.spec.system(w), d.rule),
+                Some(w) => format!("{} wins by rule {}", self.spec.system(w), self.rule_label(&d.rule)),
                 None => "held for a person: resolve with `tandem conflicts`".into(),
             },
             ..self.audit_base()

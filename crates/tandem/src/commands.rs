@@ -264,6 +264,9 @@ pub fn audit(path: &Path, key: Option<&str>, sync: Option<&str>, limit: usize) -
         let spec = cfg.syncs.iter().find(|s| s.name == a.sync);
         let sys = |s: Side| spec.map(|x| x.system(s).to_string()).unwrap_or_else(|| s.to_string());
         let mut line = format!("#{} {} [{}] {}", a.id, format::time(a.at), a.sync, a.kind);
+        if let (Some(src), "apply" | "create" | "delete") = (a.source, a.kind.as_str()) {
+            line.push_str(&format!(" ({} → {})", sys(src), sys(src.other())));
+        }
         if let (Some(l), Some(r)) = (&a.left_key, &a.right_key) {
             line.push_str(&format!(" {} {l} ⇄ {} {r}", sys(Side::Left), sys(Side::Right)));
         } else if let Some(l) = &a.left_key {
@@ -272,16 +275,17 @@ pub fn audit(path: &Path, key: Option<&str>, sync: Option<&str>, limit: usize) -
             line.push_str(&format!(" {} {r}", sys(Side::Right)));
         }
         if let Some(f) = &a.field {
-            line.push_str(&format!(" field {f}:"));
+            let mut parts = Vec::new();
             if let Some(b) = &a.base {
-                line.push_str(&format!(" base {}", format::value(b)));
+                parts.push(format!("base {}", format::value(b)));
             }
             if let Some(l) = &a.left {
-                line.push_str(&format!(", {} {}", sys(Side::Left), format::value(l)));
+                parts.push(format!("{} {}", sys(Side::Left), format::value(l)));
             }
             if let Some(r) = &a.right {
-                line.push_str(&format!(", {} {}", sys(Side::Right), format::value(r)));
+                parts.push(format!("{} {}", sys(Side::Right), format::value(r)));
             }
+            line.push_str(&format!(" field {f}: {}", parts.join(", ")));
         }
         if let Some(rule) = &a.rule {
             line.push_str(&format!(" rule {rule}"));
