@@ -95,6 +95,18 @@ impl ConnectorError {
     }
 }
 
+/// Whether change capture is in place for an entity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureState {
+    /// Capture is installed and its position is intact.
+    Ready,
+    /// Capture was never installed (or was removed).
+    Missing,
+    /// Capture exists but its position can no longer be trusted (a slot invalidated, a log
+    /// purged); the text says what happened.
+    Lost(String),
+}
+
 /// One entity of one system, as the engine uses it.
 ///
 /// Delivery is at least once: the engine may repeat any write after a crash, so `apply` must be
@@ -102,9 +114,14 @@ impl ConnectorError {
 /// are delivered in stream order. Tandem's own writes must not be delivered by `changes`
 /// (they are tagged so capture skips them); the engine's base comparison is the safety net.
 pub trait Connector {
-    /// Installs change capture for the entity if it is not there yet (idempotent). Returns a
-    /// description of what was installed, or `None` when it already was.
-    fn prepare(&mut self) -> Result<Option<String>, ConnectorError>;
+    /// Whether capture is installed and intact. Reads only.
+    fn capture_state(&mut self) -> Result<CaptureState, ConnectorError>;
+    /// Installs change capture (replacing a lost one); returns a description for the user.
+    /// After this, every later change is delivered by `changes` from `head()` on.
+    fn install(&mut self) -> Result<String, ConnectorError>;
+    /// What identifies the system instance (a server's system identifier), so a position is
+    /// never used against a different server. `None` where there is nothing to check.
+    fn identity(&mut self) -> Result<Option<String>, ConnectorError>;
     /// The position of the latest change in the stream (where a fresh capture starts).
     fn head(&mut self) -> Result<u64, ConnectorError>;
     /// Up to `limit` changes after position `after`, in order.

@@ -6,10 +6,10 @@
 //! replaying is harmless because applies are idempotent and the base comparison sees that a
 //! record already agrees.
 
-use crate::connector::{Connector, ConnectorError, RowError, Write};
+use crate::connector::{CaptureState, Connector, ConnectorError, RowError, Write};
 use crate::mapping::{Flow, Side};
 use crate::merge::{merge, Decision};
-use crate::rules::{DeleteRule, SyncSpec};
+use crate::rules::{DeleteRule, OnPositionLost, SyncSpec};
 use crate::store::{AuditRow, Conflict, DeadLetter, InboxEntry, Intent, Link, Op, StateStore, StoreError};
 use crate::value::{Key, Row, Value};
 use std::collections::{HashMap, HashSet};
@@ -31,6 +31,18 @@ pub enum EngineError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A capture position is gone and the sync is configured to stop.
+    #[error(
+        "the change capture position of {system}.{table} is gone: {why}. Changes made meanwhile were not captured, so Tandem stopped instead of starting from now. Remedy: set on_position_lost = \"resnapshot\" in this [[sync]] to re-read both sides and reconcile them against the links (deletes made meanwhile on that side are then applied by the delete rules)"
+    )]
+    PositionLost {
+        /// The system.
+        system: String,
+        /// The table.
+        table: String,
+        /// What happened.
+        why: String,
+    },
     /// An operator request that cannot be carried out.
     #[error("{0}")]
     Request(String),
@@ -160,24 +172,73 @@ impl<'a> Engine<'a> {
         self.spec.name.clone()
     }
 
-    /// Installs change capture where it is missing and finishes creates interrupted by a crash.
-    /// Call once when the engine starts, before [`Engine::cycle`].
+    /// Installs change capture on first use, checks that capture positions are intact, and
+    /// finishes creates interrupted by a crash. Call once when the engine starts, before
+    /// [`Engine::cycle`].
+    ///
+    /// A position that is gone (capture removed, slot dropped, log purged, a different server)
+    /// stops the sync with [`EngineError::PositionLost`], or with `on_position_lost =
+    /// resnapshot` installs capture again and re-reads the whole entity: never "from now".
     pub fn start(&mut self) -> Result<Report, EngineError> {
         let mut report = Report::default();
         for side in [Side::Left, Side::Right] {
-            let installed = self.conns[side.index()].prepare().map_err(self.conn_err(side))?;
+            let conn_err = self.conn_err(side);
+            let state = self.conns[side.index()].capture_state().map_err(&conn_err)?;
+            let identity = self.conns[side.index()].identity().map_err(&conn_err)?;
             let init = self.store.meta(&self.spec.name, &format!("init:{side}"))?;
-            if init.is_none() || installed.is_some() {
-                // First run for this side, or capture was removed behind our back: changes made
-                // meanwhile were not captured, so the whole entity is loaded again.
-                let head = self.conns[side.index()].head().map_err(self.conn_err(side))?;
-                self.store.commit(vec![
+            let known = self.store.meta(&self.spec.name, &format!("identity:{side}"))?;
+            let lost = match (&init, &state) {
+                (None, _) => None,
+                (Some(_), CaptureState::Ready) => match (&known, &identity) {
+                    (Some(k), Some(i)) if k != i => Some(format!(
+                        "it is a different server now (identity {i}, was {k}): the database was restored or replaced"
+                    )),
+                    _ => None,
+                },
+                (Some(_), CaptureState::Missing) => {
+                    Some("its change capture is missing (removed, or the database was restored)".to_string())
+                }
+                (Some(_), CaptureState::Lost(why)) => Some(why.clone()),
+            };
+            if let Some(why) = &lost {
+                if self.spec.on_position_lost == OnPositionLost::Fail {
+                    return Err(EngineError::PositionLost {
+                        system: self.spec.system(side).to_string(),
+                        table: self.spec.side(side).table.clone(),
+                        why: why.clone(),
+                    });
+                }
+            }
+            if init.is_none() || lost.is_some() || state != CaptureState::Ready {
+                if state != CaptureState::Ready || lost.is_some() {
+                    report.installed.push(self.conns[side.index()].install().map_err(&conn_err)?);
+                }
+                // Changes made before this point were not captured: load the whole entity.
+                let head = self.conns[side.index()].head().map_err(&conn_err)?;
+                let mut ops = vec![
                     Op::Cursor { sync: self.sync(), side, pos: head },
                     Op::Meta { sync: self.sync(), name: format!("init:{side}"), value: Some("1".into()) },
                     Op::Meta { sync: self.sync(), name: format!("snapshot:{side}"), value: Some(String::new()) },
-                ])?;
+                    Op::Meta { sync: self.sync(), name: format!("identity:{side}"), value: identity.clone() },
+                ];
+                if let Some(why) = lost {
+                    // Records deleted while capture was gone are not in the re-read: queue every
+                    // linked record of this side so each is checked against the links.
+                    for link in self.store.links(&self.spec.name)? {
+                        ops.push(Op::Touch { sync: self.sync(), side, key: link.key(side).clone(), at: 0 });
+                    }
+                    ops.push(Op::Audit(AuditRow {
+                        kind: "resnapshot".into(),
+                        source: Some(side),
+                        detail: format!(
+                            "capture position of {} was lost ({why}); re-reading it to reconcile",
+                            self.spec.system(side)
+                        ),
+                        ..self.audit_base()
+                    }));
+                }
+                self.store.commit(ops)?;
             }
-            report.installed.extend(installed);
         }
         self.recover()?;
         Ok(report)

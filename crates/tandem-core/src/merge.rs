@@ -108,7 +108,7 @@ pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times
 mod tests {
     use super::*;
     use crate::mapping::{FieldMap, Transform};
-    use crate::rules::{DeleteRule, EntitySpec};
+    use crate::rules::{DeleteRule, EntitySpec, OnPositionLost};
 
     fn spec(rule: ConflictRule) -> SyncSpec {
         let f = |n: &str, flow| FieldMap {
@@ -130,6 +130,7 @@ mod tests {
             deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
             filters: [None, None],
             defaults: [Row::new(), Row::new()],
+            on_position_lost: OnPositionLost::Fail,
         }
     }
 

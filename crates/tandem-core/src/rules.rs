@@ -166,6 +166,15 @@ fn parse_literal(text: &str) -> Result<Value, String> {
     Err(format!("`{text}` is not a value; quote text as 'text'"))
 }
 
+/// What to do when a capture position is gone (slot dropped, log purged, other server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnPositionLost {
+    /// Stop with an error naming the position and the remedy.
+    Fail,
+    /// Install capture again, re-read the whole entity and reconcile it against the links.
+    Resnapshot,
+}
+
 /// One side's entity in a sync.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EntitySpec {
@@ -211,6 +220,8 @@ pub struct SyncSpec {
     pub filters: [Option<Filter>; 2],
     /// Column values written when a record is created on a side, indexed by the target side.
     pub defaults: [Row; 2],
+    /// What to do when a capture position is gone.
+    pub on_position_lost: OnPositionLost,
 }
 
 impl SyncSpec {

@@ -4,7 +4,9 @@
 //! change log, Tandem's writes do not, inserts can generate keys, and each call can be made to
 //! fail (system down) or to "crash" before or after it takes effect.
 
-use crate::connector::{ChangePage, Connector, ConnectorError, ErrorKind, RowError, Touched, Write, WriteResult};
+use crate::connector::{
+    CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Touched, Write, WriteResult,
+};
 use crate::store::{MemoryStore, Op, StateStore, StoreError};
 use crate::value::{Key, Row, Value};
 use std::cell::Cell;
@@ -176,13 +178,20 @@ impl MemoryTable {
 }
 
 impl Connector for MemoryTable {
-    fn prepare(&mut self) -> Result<Option<String>, ConnectorError> {
+    fn capture_state(&mut self) -> Result<CaptureState, ConnectorError> {
         self.gate()?;
-        if self.installed {
-            return Ok(None);
-        }
+        Ok(if self.installed { CaptureState::Ready } else { CaptureState::Missing })
+    }
+
+    fn install(&mut self) -> Result<String, ConnectorError> {
+        self.gate()?;
         self.installed = true;
-        Ok(Some("in-memory capture".into()))
+        Ok("in-memory capture".into())
+    }
+
+    fn identity(&mut self) -> Result<Option<String>, ConnectorError> {
+        self.gate()?;
+        Ok(None)
     }
 
     fn head(&mut self) -> Result<u64, ConnectorError> {

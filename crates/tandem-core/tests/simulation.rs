@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use tandem_core::engine::{Engine, Resolution};
 use tandem_core::mapping::{FieldMap, Flow, Side, Transform};
-use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, SyncSpec};
+use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, OnPositionLost, SyncSpec};
 use tandem_core::sim::{Fuse, FusedStore, MemoryTable};
 use tandem_core::store::StateStore;
 use tandem_core::value::{Key, Row, Value};
@@ -46,6 +46,7 @@ fn spec(rule: ConflictRule) -> SyncSpec {
         deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
         filters: [None, None],
         defaults: [Row::new(), Row::new()],
+        on_position_lost: OnPositionLost::Fail,
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tandem_core::mapping::{FieldMap, Flow, Side, Transform};
-use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, Filter, MatchOn, SyncSpec};
+use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, Filter, MatchOn, OnPositionLost, SyncSpec};
 use tandem_core::value::{Row, Value};
 use toml::Spanned;
 
@@ -150,6 +150,7 @@ struct RawSync {
     match_on: Option<Spanned<RawMatch>>,
     conflict: Option<Spanned<toml::Value>>,
     tie_break: Option<Spanned<String>>,
+    on_position_lost: Option<Spanned<String>>,
     #[serde(default)]
     deletes: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
@@ -447,6 +448,18 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
             }),
             None => Side::Left,
         };
+        let on_position_lost = match rs.on_position_lost.as_ref().map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "fail")) => OnPositionLost::Fail,
+            Some((_, "resnapshot")) => OnPositionLost::Resnapshot,
+            Some((s, other)) => {
+                ctx.at(
+                    s.span(),
+                    format!("sync `{name}`: unknown on_position_lost `{other}`"),
+                    "write \"fail\" (stop with an error) or \"resnapshot\" (re-read and reconcile)",
+                );
+                OnPositionLost::Fail
+            }
+        };
         let mut deletes = [DeleteRule::Propagate, DeleteRule::Propagate];
         for (sys, v) in &rs.deletes {
             let Some(side) = side_of(sys, &sysnames) else {
@@ -640,6 +653,7 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
             deletes,
             filters,
             defaults,
+            on_position_lost,
         });
     }
     let cfg = Config { file: file.to_path_buf(), state, batch_size, poll_interval, systems, syncs };

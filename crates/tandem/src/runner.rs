@@ -115,8 +115,8 @@ impl Runner {
                     h.next_try = Instant::now() + delay;
                     // Reconnect on the next try: the connection may be what broke.
                     self.tables[i] = None;
-                    let fatal =
-                        matches!(&error, EngineError::Connector { source, .. } if source.kind == ErrorKind::Schema);
+                    let fatal = matches!(&error, EngineError::Connector { source, .. } if source.kind == ErrorKind::Schema)
+                        || matches!(&error, EngineError::PositionLost { .. });
                     failures.push(SyncFailure {
                         sync: self.cfg.syncs[i].name.clone(),
                         error,

@@ -252,3 +252,44 @@ fn continuous_run_sees_changes_within_a_second_and_stops_cleanly_on_ctrl_c() {
     };
     assert!(code.success(), "exit status {code:?}");
 }
+
+#[test]
+fn a_lost_capture_position_stops_the_sync_or_is_reconciled_when_configured() {
+    let dir = TempDir::new("lost");
+    let cfg = pair(&dir, "");
+    let c = cfg.to_str().unwrap();
+    let a = db(&dir.path("a.db"));
+    let b = db(&dir.path("b.db"));
+    a.execute_batch("INSERT INTO people (name, email) VALUES ('Ada Lovelace', 'ada@x'), ('Alan Turing', 'alan@x');")
+        .unwrap();
+    assert!(tandem(&["run", "--once", "-c", c]).status.success());
+    // While tandem is stopped, someone drops the capture triggers, then writes.
+    a.execute_batch(
+        "DROP TRIGGER _tandem_people_ins; DROP TRIGGER _tandem_people_upd; DROP TRIGGER _tandem_people_del;
+         UPDATE people SET note = 'changed while blind' WHERE email = 'ada@x';
+         DELETE FROM people WHERE email = 'alan@x';",
+    )
+    .unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("a.people is gone") && t.contains("on_position_lost = \"resnapshot\""), "{t}");
+    assert!(rows(&b, "SELECT memo FROM clients WHERE mail = 'ada@x'") == vec![vec!["NULL"]], "nothing may be applied");
+    // Configured to resnapshot: both changes made while capture was gone arrive.
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[[sync.fields]]", "on_position_lost = \"resnapshot\"\n[[sync.fields]]");
+    std::fs::write(
+        &cfg,
+        text_cfg
+            .replacen("on_position_lost = \"resnapshot\"\n[[sync.fields]]", "@@", 1)
+            .replace("on_position_lost = \"resnapshot\"\n", "")
+            .replace("@@", "on_position_lost = \"resnapshot\"\n[[sync.fields]]"),
+    )
+    .unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(rows(&b, "SELECT mail, memo FROM clients ORDER BY mail"), vec![vec!["ada@x", "changed while blind"]]);
+    let audit = text(&tandem(&["audit", "-c", c]));
+    assert!(audit.contains("resnapshot"), "{audit}");
+}

@@ -16,7 +16,9 @@ use codec::{from_sql, to_sql, Affinity};
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tandem_core::connector::{ChangePage, Connector, ConnectorError, ErrorKind, RowError, Touched, Write, WriteResult};
+use tandem_core::connector::{
+    CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Touched, Write, WriteResult,
+};
 use tandem_core::value::{Key, Row, Value};
 
 /// Quotes an identifier for SQL.
@@ -295,10 +297,15 @@ impl SqliteTable {
 }
 
 impl Connector for SqliteTable {
-    fn prepare(&mut self) -> Result<Option<String>, ConnectorError> {
-        if self.capture_installed()? {
-            return Ok(None);
-        }
+    fn capture_state(&mut self) -> Result<CaptureState, ConnectorError> {
+        Ok(if self.capture_installed()? { CaptureState::Ready } else { CaptureState::Missing })
+    }
+
+    fn identity(&mut self) -> Result<Option<String>, ConnectorError> {
+        Ok(None)
+    }
+
+    fn install(&mut self) -> Result<String, ConnectorError> {
         let t = ident(&self.table);
         let lit = self.table.replace('\'', "''");
         let ins =
@@ -309,9 +316,9 @@ impl Connector for SqliteTable {
         let when = "WHEN NOT EXISTS (SELECT 1 FROM _tandem_session)";
         let ddl = format!(
             "{CHANGES_DDL}
-CREATE TRIGGER {ti} AFTER INSERT ON {t} {when} BEGIN {ins}; END;
-CREATE TRIGGER {tu} AFTER UPDATE ON {t} {when} BEGIN {ins}; {old} WHERE {changed}; END;
-CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
+CREATE TRIGGER IF NOT EXISTS {ti} AFTER INSERT ON {t} {when} BEGIN {ins}; END;
+CREATE TRIGGER IF NOT EXISTS {tu} AFTER UPDATE ON {t} {when} BEGIN {ins}; {old} WHERE {changed}; END;
+CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             ti = ident(&self.trigger("ins")),
             tu = ident(&self.trigger("upd")),
             td = ident(&self.trigger("del")),
@@ -321,12 +328,12 @@ CREATE TRIGGER {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             .map_err(|e| sql_err(self.ctx("installing capture"), e))?;
         tx.execute_batch(&ddl).map_err(|e| sql_err(self.ctx("installing capture"), e))?;
         tx.commit().map_err(|e| sql_err(self.ctx("installing capture"), e))?;
-        Ok(Some(format!(
+        Ok(format!(
             "installed change capture on {}:{} (triggers {}_ins/_upd/_del writing to table _tandem_changes; remove with `tandem uninstall`)",
             self.path.display(),
             self.table,
             self.trigger("").trim_end_matches('_')
-        )))
+        ))
     }
 
     fn head(&mut self) -> Result<u64, ConnectorError> {
