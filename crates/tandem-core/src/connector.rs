@@ -35,12 +35,17 @@ pub enum Write {
         /// Column values; key columns the system generates are left out.
         values: Row,
     },
-    /// Set the given columns of an existing record (other columns stay as they are).
+    /// Set the given columns of an existing record (other columns stay as they are), but only
+    /// while those columns still hold the values in `expect` (what the engine read): a user's
+    /// write that lands between the engine's read and this write must not be overwritten. A
+    /// record that no longer matches is reported as [`RowError::stale`].
     Update {
         /// The record.
         key: Key,
         /// Columns to set.
         values: Row,
+        /// The values the engine read for some of those columns (empty: no check).
+        expect: Row,
     },
     /// Delete a record (no error when it is already gone).
     Delete {
@@ -59,6 +64,21 @@ pub struct RowError {
     pub value_type: Option<&'static str>,
     /// The system's error, in words.
     pub reason: String,
+    /// True when the record changed since the engine read it: not an error, the record is
+    /// merged again once its new change is captured.
+    pub stale: bool,
+}
+
+impl RowError {
+    /// A row error that a person has to look at.
+    pub fn new(column: Option<String>, value_type: Option<&'static str>, reason: impl Into<String>) -> Self {
+        RowError { column, value_type, reason: reason.into(), stale: false }
+    }
+
+    /// The record changed since it was read.
+    pub fn stale() -> Self {
+        RowError { column: None, value_type: None, reason: "the record changed since it was read".into(), stale: true }
+    }
 }
 
 /// The result of one write: the record's key (the generated one for inserts) or why it failed.

@@ -467,6 +467,11 @@ impl<'a> Engine<'a> {
         for (plan, res) in plans.into_iter().zip(results) {
             report.dead_letters += plan.ops_always.iter().filter(|op| matches!(op, Op::DeadLetter(_))).count() as u64;
             ops.extend(plan.ops_always);
+            if res.iter().any(|r| r.as_ref().is_err_and(|e| e.stale)) {
+                // A user wrote the record meanwhile; that write is captured and the record is
+                // merged again then. Decisions made on the old read are not applied.
+                continue;
+            }
             if let Some(err) = res.iter().find_map(|r| r.as_ref().err()) {
                 if let Some((side, key)) = plan.source {
                     report.dead_letters += 1;
@@ -754,7 +759,7 @@ impl<'a> Engine<'a> {
             DeleteRule::Soft { column, value } => {
                 let mut values = Row::new();
                 values.insert(column.clone(), value.clone());
-                plan.writes.push((other, Write::Update { key: other_key, values }));
+                plan.writes.push((other, Write::Update { key: other_key, values, expect: Row::new() }));
                 plan.ops_ok
                     .push(Op::PutLink { sync: self.sync(), link: Link { tombstone: Some(deleted), ..link.clone() } });
                 plan.report.deleted[deleted.index()] += 1;
@@ -852,7 +857,9 @@ impl<'a> Engine<'a> {
                 }
             }
             if !values.is_empty() {
-                plan.writes.push((side, Write::Update { key: link.key(side).clone(), values }));
+                let expect =
+                    values.keys().map(|c| (c.clone(), rows[s].get(c).cloned().unwrap_or(Value::Null))).collect();
+                plan.writes.push((side, Write::Update { key: link.key(side).clone(), values, expect }));
                 plan.report.updated[side.other().index()] += 1;
                 plan.ops_ok.push(Op::Audit(AuditRow {
                     kind: "apply".into(),
@@ -974,9 +981,18 @@ impl<'a> Engine<'a> {
             }
             let cols =
                 field.put(side, &value, Some(&rows[side.index()])).map_err(|e| EngineError::Request(e.to_string()))?;
-            let write = Write::Update { key: link.key(side).clone(), values: cols.into_iter().collect() };
+            let values: Row = cols.into_iter().collect();
+            let expect =
+                values.keys().map(|c| (c.clone(), rows[side.index()].get(c).cloned().unwrap_or(Value::Null))).collect();
+            let write = Write::Update { key: link.key(side).clone(), values, expect };
             let res = self.conns[side.index()].apply(&[write]).map_err(self.conn_err(side))?;
             if let Some(Err(e)) = res.into_iter().next() {
+                if e.stale {
+                    return Err(EngineError::Request(format!(
+                        "the record changed on {} while resolving; list the conflicts again and retry",
+                        self.spec.system(side)
+                    )));
+                }
                 return Err(EngineError::Request(format!("{} refused the value: {e}", self.spec.system(side))));
             }
         }

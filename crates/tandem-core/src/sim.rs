@@ -72,6 +72,9 @@ pub struct MemoryTable {
     pub fuse: Fuse,
     /// Writes Tandem applied (inserts, updates, deletes), to check an idle pair stays idle.
     pub tandem_writes: u64,
+    /// User writes that land at the start of the next `apply`: after the engine read the
+    /// records, before it writes them.
+    pub interfere: Vec<(Key, Row)>,
 }
 
 impl MemoryTable {
@@ -90,6 +93,7 @@ impl MemoryTable {
             down: false,
             fuse,
             tandem_writes: 0,
+            interfere: Vec::new(),
         }
     }
 
@@ -141,11 +145,11 @@ impl MemoryTable {
         match w {
             Write::Insert { intent, values } => {
                 if let Some(col) = self.not_null.iter().find(|c| values.get(*c).is_none_or(Value::is_null)) {
-                    return Err(RowError {
-                        column: Some(col.clone()),
-                        value_type: Some("null"),
-                        reason: format!("NOT NULL constraint failed: {col}"),
-                    });
+                    return Err(RowError::new(
+                        Some(col.clone()),
+                        Some("null"),
+                        format!("NOT NULL constraint failed: {col}"),
+                    ));
                 }
                 let id = self.next_id;
                 self.next_id += 1;
@@ -156,13 +160,18 @@ impl MemoryTable {
                 self.intents.insert(intent.clone(), key.clone());
                 Ok(key)
             }
-            Write::Update { key, values } => {
+            Write::Update { key, values, expect } => {
+                if let Some(row) = self.rows.get(key) {
+                    if expect.iter().any(|(c, v)| !row.get(c).unwrap_or(&Value::Null).same(v)) {
+                        return Err(RowError::stale());
+                    }
+                }
                 if let Some(col) = self.not_null.iter().find(|c| values.get(*c).is_some_and(Value::is_null)) {
-                    return Err(RowError {
-                        column: Some(col.clone()),
-                        value_type: Some("null"),
-                        reason: format!("NOT NULL constraint failed: {col}"),
-                    });
+                    return Err(RowError::new(
+                        Some(col.clone()),
+                        Some("null"),
+                        format!("NOT NULL constraint failed: {col}"),
+                    ));
                 }
                 if let Some(row) = self.rows.get_mut(key) {
                     row.extend(values.clone());
@@ -249,6 +258,9 @@ impl Connector for MemoryTable {
 
     fn apply(&mut self, writes: &[Write]) -> Result<Vec<WriteResult>, ConnectorError> {
         self.gate()?;
+        for (key, values) in std::mem::take(&mut self.interfere) {
+            self.user_update(&key, values);
+        }
         let out: Vec<WriteResult> = writes.iter().map(|w| self.apply_one(w)).collect();
         self.tandem_writes += writes.len() as u64;
         // A crash right after the commit: the writes stay, the caller never hears back.

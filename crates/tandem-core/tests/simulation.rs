@@ -194,6 +194,27 @@ impl World {
         }
     }
 
+    /// A user edit that lands after the engine read the record and before it writes it.
+    fn interfering_write(&mut self) {
+        let side = if self.rng.bool() { Side::Left } else { Side::Right };
+        let keys: Vec<Key> = self.tables[side.index()].rows.keys().cloned().collect();
+        if keys.is_empty() {
+            return;
+        }
+        let key = keys[self.rng.usize(..keys.len())].clone();
+        let Some(record) = self.record_of(side, &key) else { return };
+        let t = self.tick();
+        let (col, field) = match side {
+            Side::Left => ("note", "note"),
+            Side::Right => ("memo", "note"),
+        };
+        let v = Value::Text(format!("late {}", self.rng.u16(..)));
+        self.history[record].entry(field.to_string()).or_default().push(v.clone());
+        self.latest[record].insert(field.to_string(), (t, v.clone()));
+        self.tables[side.index()].interfere.push((key, [(col.to_string(), v)].into_iter().collect()));
+        self.engine_step();
+    }
+
     fn engine_step(&mut self) -> bool {
         self.tick();
         let now_cell = self.clock.clone();
@@ -211,6 +232,12 @@ impl World {
         let [left, right] = &mut self.tables;
         let mut engine = Engine::new(&self.spec, &mut self.store, left, right, &now, 1 + self.rng.usize(0..8));
         let result = if self.started { engine.cycle() } else { engine.start().and_then(|_| engine.cycle()) };
+        drop(engine);
+        for table in &mut self.tables {
+            for (key, values) in std::mem::take(&mut table.interfere) {
+                table.user_update(&key, values);
+            }
+        }
         match result {
             Ok(report) => {
                 if trace {
@@ -240,6 +267,7 @@ impl World {
                     self.crashes += 1;
                     self.engine_step();
                 }
+                12 => self.interfering_write(),
                 11 => {
                     let s = self.rng.usize(0..2);
                     self.tables[s].down = !self.tables[s].down;

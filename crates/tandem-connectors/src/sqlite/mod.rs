@@ -188,25 +188,25 @@ impl SqliteTable {
     fn check_fit(&self, values: &Row) -> Result<(), RowError> {
         for (col, v) in values {
             let Some(c) = self.columns.iter().find(|c| &c.name == col) else {
-                return Err(RowError {
-                    column: Some(col.clone()),
-                    value_type: Some(v.type_name()),
-                    reason: format!("column {}.{col} does not exist", self.table),
-                });
+                return Err(RowError::new(
+                    Some(col.clone()),
+                    Some(v.type_name()),
+                    format!("column {}.{col} does not exist", self.table),
+                ));
             };
             let aff = Affinity::of(&c.decl_type);
             if !aff.fits(v) {
-                return Err(RowError {
-                    column: Some(col.clone()),
-                    value_type: Some(v.type_name()),
-                    reason: format!(
+                return Err(RowError::new(
+                    Some(col.clone()),
+                    Some(v.type_name()),
+                    format!(
                         "column {}.{col} is {} column ({}); the {} value {v} does not fit",
                         self.table,
                         aff.name(),
                         c.decl_type,
                         v.type_name()
                     ),
-                });
+                ));
             }
         }
         Ok(())
@@ -257,15 +257,30 @@ impl SqliteTable {
                     Ok(k)
                 })
             }
-            Write::Update { key, values } => {
+            Write::Update { key, values, expect } => {
                 let sets: Vec<String> =
                     values.keys().enumerate().map(|(i, c)| format!("{} = ?{}", ident(c), i + 1)).collect();
                 let n = values.len();
-                let wh: Vec<String> =
+                let mut wh: Vec<String> =
                     self.key.iter().enumerate().map(|(i, k)| format!("{} = ?{}", ident(k), n + i + 1)).collect();
+                let m = n + self.key.len();
+                wh.extend(expect.keys().enumerate().map(|(i, c)| format!("{} IS ?{}", ident(c), m + i + 1)));
                 let sql = format!("UPDATE {} SET {} WHERE {}", ident(&self.table), sets.join(", "), wh.join(" AND "));
-                let params: Vec<Value> = values.values().cloned().chain(key.values()).collect();
-                tx.execute(&sql, params_from_iter(params.iter().map(to_sql))).map(|_| key.clone())
+                let params: Vec<Value> =
+                    values.values().cloned().chain(key.values()).chain(expect.values().cloned()).collect();
+                match tx.execute(&sql, params_from_iter(params.iter().map(to_sql))) {
+                    Ok(0) if !expect.is_empty() => {
+                        let sql = format!("SELECT count(*) FROM {} WHERE {}", ident(&self.table), self.key_where());
+                        let exists: i64 =
+                            tx.query_row(&sql, params_from_iter(key.values().iter().map(to_sql)), |r| r.get(0))?;
+                        if exists > 0 {
+                            // Someone wrote the record after the engine read it.
+                            return Ok(Err(RowError::stale()));
+                        }
+                        Ok(key.clone())
+                    }
+                    other => other.map(|_| key.clone()),
+                }
             }
             Write::Delete { key } => {
                 let sql = format!("DELETE FROM {} WHERE {}", ident(&self.table), self.key_where());
@@ -285,11 +300,11 @@ impl SqliteTable {
                     .filter(|c| self.columns.iter().any(|x| &x.name == c));
                 let value_type =
                     column.as_ref().map(|c| values.and_then(|v| v.get(c)).map(Value::type_name).unwrap_or("null"));
-                Ok(Err(RowError {
+                Ok(Err(RowError::new(
                     column,
                     value_type,
-                    reason: format!("{}:{} refused the write: {msg}", self.path.display(), self.table),
-                }))
+                    format!("{}:{} refused the write: {msg}", self.path.display(), self.table),
+                )))
             }
             Err(e) => Err(e),
         }
