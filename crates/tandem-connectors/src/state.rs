@@ -66,7 +66,7 @@ impl SqliteStore {
     fn init(conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(Duration::from_secs(30)).map_err(|e| err("busy timeout", e))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err("WAL mode", e))?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err("synchronous", e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| err("synchronous", e))?;
         conn.execute_batch(SCHEMA).map_err(|e| err("creating state schema", e))?;
         Ok(SqliteStore { conn })
     }
@@ -263,6 +263,17 @@ impl StateStore for SqliteStore {
             })
             .map(|n| n as u64)
             .map_err(|e| err("counting inbox", e))
+    }
+
+    fn inbox_at(&mut self, sync: &str, s: Side, k: &Key) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT at FROM inbox WHERE sync = ?1 AND side = ?2 AND key = ?3",
+                params![sync, s.as_str(), k.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| err("reading inbox", e))
     }
 
     fn link(&mut self, sync: &str, s: Side, k: &Key) -> Result<Option<Link>, StoreError> {

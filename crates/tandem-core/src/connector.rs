@@ -134,8 +134,10 @@ pub enum CaptureState {
 /// are delivered in stream order. Tandem's own writes must not be delivered by `changes`
 /// (they are tagged so capture skips them); the engine's base comparison is the safety net.
 pub trait Connector {
-    /// Whether capture is installed and intact. Reads only.
-    fn capture_state(&mut self) -> Result<CaptureState, ConnectorError>;
+    /// Whether capture is installed and intact, given Tandem's durable position (`None` before
+    /// the first run): a stream that restarts behind that position, or a slot confirmed past
+    /// it, is `Lost`. Reads only.
+    fn capture_state(&mut self, cursor: Option<u64>) -> Result<CaptureState, ConnectorError>;
     /// Installs change capture (replacing a lost one); returns a description for the user.
     /// After this, every later change is delivered by `changes` from `head()` on.
     fn install(&mut self) -> Result<String, ConnectorError>;

@@ -181,12 +181,24 @@ impl<'a> Engine<'a> {
     /// resnapshot` installs capture again and re-reads the whole entity: never "from now".
     pub fn start(&mut self) -> Result<Report, EngineError> {
         let mut report = Report::default();
+        if self.store.meta("", "epoch")?.is_none() {
+            // Distinguishes this state file's intent ids from those of an earlier one.
+            self.store.commit(vec![Op::Meta {
+                sync: String::new(),
+                name: "epoch".into(),
+                value: Some((self.now)().to_string()),
+            }])?;
+        }
         for side in [Side::Left, Side::Right] {
             let conn_err = self.conn_err(side);
-            let state = self.conns[side.index()].capture_state().map_err(&conn_err)?;
+            let cursor = self.store.cursor(&self.spec.name, side)?;
+            let state = self.conns[side.index()].capture_state(cursor).map_err(&conn_err)?;
             let identity = self.conns[side.index()].identity().map_err(&conn_err)?;
             let init = self.store.meta(&self.spec.name, &format!("init:{side}"))?;
             let known = self.store.meta(&self.spec.name, &format!("identity:{side}"))?;
+            // Set before a re-read starts and cleared once it is set up: a crash in between
+            // (or `tandem uninstall`) re-reads again on the next start.
+            let reread = self.store.meta(&self.spec.name, &format!("reread:{side}"))?;
             let lost = match (&init, &state) {
                 (None, _) => None,
                 (Some(_), CaptureState::Ready) => match (&known, &identity) {
@@ -200,7 +212,7 @@ impl<'a> Engine<'a> {
                 }
                 (Some(_), CaptureState::Lost(why)) => Some(why.clone()),
             };
-            if let Some(why) = &lost {
+            if let (Some(why), None) = (&lost, &reread) {
                 if self.spec.on_position_lost == OnPositionLost::Fail {
                     return Err(EngineError::PositionLost {
                         system: self.spec.system(side).to_string(),
@@ -209,21 +221,12 @@ impl<'a> Engine<'a> {
                     });
                 }
             }
-            if init.is_none() || lost.is_some() || state != CaptureState::Ready {
-                if state != CaptureState::Ready || lost.is_some() {
-                    report.installed.push(self.conns[side.index()].install().map_err(&conn_err)?);
-                }
-                // Changes made before this point were not captured: load the whole entity.
-                let head = self.conns[side.index()].head().map_err(&conn_err)?;
-                let mut ops = vec![
-                    Op::Cursor { sync: self.sync(), side, pos: head },
-                    Op::Meta { sync: self.sync(), name: format!("init:{side}"), value: Some("1".into()) },
-                    Op::Meta { sync: self.sync(), name: format!("snapshot:{side}"), value: Some(String::new()) },
-                    Op::Meta { sync: self.sync(), name: format!("identity:{side}"), value: identity.clone() },
-                ];
-                if let Some(why) = lost {
+            if init.is_none() || lost.is_some() || reread.is_some() || state != CaptureState::Ready {
+                if init.is_some() && reread.is_none() {
                     // Records deleted while capture was gone are not in the re-read: queue every
                     // linked record of this side so each is checked against the links.
+                    let mut ops =
+                        vec![Op::Meta { sync: self.sync(), name: format!("reread:{side}"), value: Some("1".into()) }];
                     for link in self.store.links(&self.spec.name)? {
                         ops.push(Op::Touch { sync: self.sync(), side, key: link.key(side).clone(), at: 0 });
                     }
@@ -231,13 +234,26 @@ impl<'a> Engine<'a> {
                         kind: "resnapshot".into(),
                         source: Some(side),
                         detail: format!(
-                            "capture position of {} was lost ({why}); re-reading it to reconcile",
-                            self.spec.system(side)
+                            "capture position of {} was lost ({}); re-reading it to reconcile",
+                            self.spec.system(side),
+                            lost.as_deref().unwrap_or("capture was reinstalled")
                         ),
                         ..self.audit_base()
                     }));
+                    self.store.commit(ops)?;
                 }
-                self.store.commit(ops)?;
+                if state != CaptureState::Ready || lost.is_some() {
+                    report.installed.push(self.conns[side.index()].install().map_err(&conn_err)?);
+                }
+                // Changes made before this point were not captured: load the whole entity.
+                let head = self.conns[side.index()].head().map_err(&conn_err)?;
+                self.store.commit(vec![
+                    Op::Cursor { sync: self.sync(), side, pos: head },
+                    Op::Meta { sync: self.sync(), name: format!("init:{side}"), value: Some("1".into()) },
+                    Op::Meta { sync: self.sync(), name: format!("snapshot:{side}"), value: Some(String::new()) },
+                    Op::Meta { sync: self.sync(), name: format!("identity:{side}"), value: identity.clone() },
+                    Op::Meta { sync: self.sync(), name: format!("reread:{side}"), value: None },
+                ])?;
             }
         }
         self.recover()?;
@@ -695,12 +711,21 @@ impl<'a> Engine<'a> {
             base.insert(f.name.clone(), v);
         }
         claimed.insert((side, key.clone()));
-        let intent =
-            Intent { id: format!("{}:{side}:{}", self.spec.name, g.seq), source: side, source_key: key, base, revisit };
+        let intent = Intent {
+            id: format!("{}:{side}:{}:{}", self.spec.name, self.epoch()?, g.seq),
+            source: side,
+            source_key: key,
+            base,
+            revisit,
+        };
         plan.writes.push((other, Write::Insert { intent: intent.id.clone(), values }));
         plan.create = Some(intent);
         plan.report.created[side.index()] += 1;
         Ok(())
+    }
+
+    fn epoch(&mut self) -> Result<String, EngineError> {
+        Ok(self.store.meta("", "epoch")?.unwrap_or_default())
     }
 
     fn close_conflicts(&mut self, link: &Link, why: &str, plan: &mut GroupPlan) -> Result<(), EngineError> {
@@ -809,6 +834,12 @@ impl<'a> Engine<'a> {
                 })
             });
             if !g.has_entry[s] && differs {
+                // The change may wait further back in the inbox, or still in the change log;
+                // only a change not captured anywhere yet gets the current time.
+                if let Some(at) = self.store.inbox_at(&self.spec.name, side, link.key(side))? {
+                    times[s] = at;
+                    continue;
+                }
                 times[s] = self.conns[s]
                     .last_change_at(link.key(side))
                     .map_err(self.conn_err(side))?
@@ -819,6 +850,8 @@ impl<'a> Engine<'a> {
 
         let source = if g.has_entry[1] && !g.has_entry[0] { Side::Right } else { Side::Left };
         plan.source = Some((source, link.key(source).clone()));
+        // A mapped key column that changes moves the record to a new key: the link follows.
+        let mut new_keys = [link.left.clone(), link.right.clone()];
         for side in [Side::Left, Side::Right] {
             let s = side.index();
             let mut values = Row::new();
@@ -857,6 +890,14 @@ impl<'a> Engine<'a> {
                 }
             }
             if !values.is_empty() {
+                let key_cols = &self.spec.side(side).key;
+                if key_cols.iter().any(|k| values.contains_key(k)) {
+                    let key_values: Vec<Value> = key_cols
+                        .iter()
+                        .map(|k| values.get(k).or_else(|| rows[s].get(k)).cloned().unwrap_or(Value::Null))
+                        .collect();
+                    new_keys[s] = Key::from_values(&key_values);
+                }
                 let expect =
                     values.keys().map(|c| (c.clone(), rows[s].get(c).cloned().unwrap_or(Value::Null))).collect();
                 plan.writes.push((side, Write::Update { key: link.key(side).clone(), values, expect }));
@@ -903,7 +944,12 @@ impl<'a> Engine<'a> {
         for c in open.iter().filter(|c| !merged.held.iter().any(|h| h.field == c.field)) {
             plan.ops_ok.push(Op::CloseConflict { id: c.id, resolution: "both sides agree now".into() });
         }
-        plan.ops_ok.push(Op::PutLink { sync: self.sync(), link: Link { base: merged.base, ..link } });
+        if new_keys[0] != link.left {
+            // The link is stored by its left key: move it.
+            plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
+        }
+        let [left, right] = new_keys;
+        plan.ops_ok.push(Op::PutLink { sync: self.sync(), link: Link { base: merged.base, left, right, ..link } });
         Ok(())
     }
 
@@ -1020,17 +1066,13 @@ impl<'a> Engine<'a> {
 }
 
 /// Puts dead-lettered records back into the inbox (all of a sync's, or the given ids).
-pub fn retry_dead_letters(
-    store: &mut dyn StateStore,
-    sync: Option<&str>,
-    ids: &[i64],
-    now: i64,
-) -> Result<usize, StoreError> {
+pub fn retry_dead_letters(store: &mut dyn StateStore, sync: Option<&str>, ids: &[i64]) -> Result<usize, StoreError> {
     let mut ops = Vec::new();
     for d in store.dead_letters(sync)? {
         if ids.is_empty() || ids.contains(&d.id) {
             ops.push(Op::ClearDeadLetter { sync: d.sync.clone(), side: d.side, key: d.key.clone() });
-            ops.push(Op::Touch { sync: d.sync, side: d.side, key: d.key, at: now });
+            // Time 0: a retried record is old news and must not beat newer edits under `latest`.
+            ops.push(Op::Touch { sync: d.sync, side: d.side, key: d.key, at: 0 });
         }
     }
     let n = ops.len() / 2;

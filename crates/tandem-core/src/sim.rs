@@ -187,7 +187,7 @@ impl MemoryTable {
 }
 
 impl Connector for MemoryTable {
-    fn capture_state(&mut self) -> Result<CaptureState, ConnectorError> {
+    fn capture_state(&mut self, _cursor: Option<u64>) -> Result<CaptureState, ConnectorError> {
         self.gate()?;
         Ok(if self.installed { CaptureState::Ready } else { CaptureState::Missing })
     }
@@ -308,6 +308,9 @@ impl StateStore for FusedStore {
     }
     fn inbox_len(&mut self, sync: &str, side: crate::mapping::Side) -> Result<u64, StoreError> {
         self.inner.inbox_len(sync, side)
+    }
+    fn inbox_at(&mut self, sync: &str, side: crate::mapping::Side, key: &Key) -> Result<Option<i64>, StoreError> {
+        self.inner.inbox_at(sync, side, key)
     }
     fn link(
         &mut self,

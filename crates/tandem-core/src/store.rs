@@ -199,6 +199,8 @@ pub trait StateStore {
     fn inbox(&mut self, sync: &str, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;
     /// How many records wait in the inbox of a side.
     fn inbox_len(&mut self, sync: &str, side: Side) -> Result<u64, StoreError>;
+    /// The change time of a record waiting in the inbox, if it is there.
+    fn inbox_at(&mut self, sync: &str, side: Side, key: &Key) -> Result<Option<i64>, StoreError>;
     /// The link of a record by its key on `side`.
     fn link(&mut self, sync: &str, side: Side, key: &Key) -> Result<Option<Link>, StoreError>;
     /// All links of a sync (for checks and reconciliation).
@@ -332,6 +334,10 @@ impl StateStore for MemoryStore {
 
     fn inbox_len(&mut self, sync: &str, side: Side) -> Result<u64, StoreError> {
         Ok(self.inbox.keys().filter(|(s, sd, _)| s == sync && *sd == side).count() as u64)
+    }
+
+    fn inbox_at(&mut self, sync: &str, side: Side, key: &Key) -> Result<Option<i64>, StoreError> {
+        Ok(self.inbox.get(&(sync.to_string(), side, key.clone())).map(|(_, at)| *at))
     }
 
     fn link(&mut self, sync: &str, side: Side, key: &Key) -> Result<Option<Link>, StoreError> {

@@ -232,7 +232,6 @@ impl World {
         let [left, right] = &mut self.tables;
         let mut engine = Engine::new(&self.spec, &mut self.store, left, right, &now, 1 + self.rng.usize(0..8));
         let result = if self.started { engine.cycle() } else { engine.start().and_then(|_| engine.cycle()) };
-        drop(engine);
         for table in &mut self.tables {
             for (key, values) in std::mem::take(&mut table.interfere) {
                 table.user_update(&key, values);

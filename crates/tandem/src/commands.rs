@@ -4,7 +4,7 @@
 use crate::config::{self, Config};
 use crate::error::CliError;
 use crate::format;
-use crate::runner::{now_ms, Runner};
+use crate::runner::Runner;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,6 +74,27 @@ impl ErrorClone for crate::runner::SyncFailure {
     }
 }
 
+/// Takes the state file's run lock: two `tandem run` on one state would both process its
+/// inbox. The lock is released when the process exits, however it exits.
+pub fn lock_state(state: &Path) -> Result<std::fs::File, CliError> {
+    let path = state.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| CliError::Io { what: format!("opening {}", path.display()), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CliError::Usage(format!(
+            "another `tandem run` is using the state file {} (lock {}); stop it first, or give this config its own `state`",
+            state.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(source)) => Err(CliError::Io { what: format!("locking {}", path.display()), source }),
+    }
+}
+
 /// `tandem run`.
 pub fn run(path: &Path, once: bool) -> Result<(), CliError> {
     let cfg = load(path)?;
@@ -83,6 +104,7 @@ pub fn run(path: &Path, once: bool) -> Result<(), CliError> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .map_err(|e| CliError::Usage(format!("cannot install the Ctrl-C handler: {e}")))?;
     }
+    let _lock = lock_state(&cfg.state)?;
     let mut runner = Runner::open(cfg)?;
     tracing::info!(syncs = runner.cfg.syncs.len(), once, "tandem started");
     let totals = sync_until(&mut runner, once, &stop)?;
@@ -226,7 +248,7 @@ pub fn dead_letters(path: &Path, retry: &[i64], retry_all: bool) -> Result<(), C
     let cfg = load(path)?;
     let mut store = SqliteStore::open_existing(&cfg.state)?;
     if retry_all || !retry.is_empty() {
-        let n = retry_dead_letters(&mut store, None, retry, now_ms())?;
+        let n = retry_dead_letters(&mut store, None, retry)?;
         println!("queued {n} record(s) again; `tandem run` syncs them");
         return Ok(());
     }

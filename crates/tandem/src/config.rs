@@ -430,8 +430,12 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
         }
         let names = [sides[0].system.clone(), sides[1].system.clone()];
         let sysnames = [names[0].as_str(), names[1].as_str()];
-        if names[0] == names[1] && sides[0].table == sides[1].table {
-            ctx.at(rs.right.span(), format!("sync `{name}` pairs a table with itself"), "pair two different tables");
+        if names[0] == names[1] {
+            ctx.at(
+                rs.right.span(),
+                format!("sync `{name}` uses system `{}` on both sides, so its rules (keyed by system) could not tell the sides apart", names[0]),
+                "add a second [systems.NAME] entry for the right side (it may point to the same database)",
+            );
         }
         let rule = match &rs.conflict {
             Some(v) => parse_rule(&mut ctx, v, &sysnames, &format!("sync `{name}`")).unwrap_or(ConflictRule::Latest),

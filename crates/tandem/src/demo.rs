@@ -187,6 +187,7 @@ pub fn run(dir: &Path) -> Result<(), CliError> {
     show(dir)?;
 
     let cfg = config::load(&cfg_path)?;
+    let _lock = crate::commands::lock_state(&cfg.state)?;
     let mut runner = Runner::open(cfg)?;
     println!("\n2. First sync: Grace is linked by email, everyone else is created on the other side.");
     step(&mut runner, "first sync done")?;

@@ -235,8 +235,12 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
             }
             let source = target.other();
             let ent = spec.side(target);
+            let pk_count = cols[target.index()].iter().filter(|c| c.pk > 0).count();
             for c in &cols[target.index()] {
-                if !c.not_null || c.has_default || c.pk > 0 {
+                // SQLite generates a single INTEGER PRIMARY KEY (the rowid); other keys need a value.
+                let generated = c.pk > 0 && pk_count == 1 && c.decl_type.eq_ignore_ascii_case("INTEGER");
+                let is_key = spec.side(target).key.contains(&c.name);
+                if generated || c.has_default || !(c.not_null || is_key) {
                     continue;
                 }
                 let written =
@@ -246,8 +250,13 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                     problems.push(Problem {
                         line: line_of(text, &ent.table),
                         what: format!(
-                            "sync `{}`: {}.{}.{} is NOT NULL without a default, and no field from {} writes it, so records cannot be created there",
-                            spec.name, ent.system, ent.table, c.name, spec.system(source)
+                            "sync `{}`: {}.{}.{} is {} without a default, and no field from {} writes it, so records cannot be created there",
+                            spec.name,
+                            ent.system,
+                            ent.table,
+                            c.name,
+                            if is_key { "a key column" } else { "NOT NULL" },
+                            spec.system(source)
                         ),
                         fix: format!("map a field to `{}`, or add it under [sync.defaults.{}]", c.name, ent.system),
                     });

@@ -240,6 +240,13 @@ fn continuous_run_sees_changes_within_a_second_and_stops_cleanly_on_ctrl_c() {
     b.execute("UPDATE clients SET memo = 'back' WHERE mail = 'live1@x'", []).unwrap();
     let took = wait_for(&a, "SELECT count(*) FROM people WHERE note = 'back'", Duration::from_secs(5));
     assert!(took < Duration::from_secs(1), "b → a took {took:?}");
+    // A second run on the same state is refused while this one holds it.
+    let second = tandem(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    assert!(
+        !second.status.success() && text(&second).contains("another `tandem run` is using the state file"),
+        "{}",
+        text(&second)
+    );
     let status = Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     let start = Instant::now();

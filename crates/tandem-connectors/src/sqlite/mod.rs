@@ -107,7 +107,16 @@ impl SqliteTable {
     }
 
     fn key_json(&self, prefix: &str) -> String {
-        let cols: Vec<String> = self.key.iter().map(|k| format!("{prefix}.{}", ident(k))).collect();
+        // Blobs cannot go into JSON as they are: they take the same `{"$bytes": hex}` form as
+        // Tandem's keys.
+        let cols: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| {
+                let c = format!("{prefix}.{}", ident(k));
+                format!("CASE typeof({c}) WHEN 'blob' THEN json_object('$bytes', lower(hex({c}))) ELSE {c} END")
+            })
+            .collect();
         format!("json_array({})", cols.join(", "))
     }
 
@@ -115,11 +124,11 @@ impl SqliteTable {
     pub fn capture_installed(&self) -> Result<bool, ConnectorError> {
         self.conn
             .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
-                [self.trigger("ins")],
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN (?1, ?2, ?3)",
+                [self.trigger("ins"), self.trigger("upd"), self.trigger("del")],
                 |r| r.get::<_, i64>(0),
             )
-            .map(|n| n > 0)
+            .map(|n| n == 3)
             .map_err(|e| sql_err(self.ctx("checking capture"), e))
     }
 
@@ -249,6 +258,20 @@ impl SqliteTable {
                 let key = tx.query_row(&sql, params_from_iter(values.values().map(to_sql)), |r| {
                     (0..self.key.len()).map(|i| r.get_ref(i).map(from_sql)).collect::<rusqlite::Result<Vec<Value>>>()
                 });
+                if let Ok(k) = &key {
+                    if k.iter().any(Value::is_null) {
+                        let cols = self.key.join(", ");
+                        return Ok(Err(RowError::new(
+                            None,
+                            None,
+                            format!(
+                                "{}:{} gave the new record no key ({cols} is NULL): map a field to the key column or give it a default",
+                                self.path.display(),
+                                self.table
+                            ),
+                        )));
+                    }
+                }
                 key.map(|k| Key::from_values(&k)).and_then(|k| {
                     tx.execute(
                         "INSERT OR REPLACE INTO _tandem_intents (id, tbl, pk) VALUES (?1, ?2, ?3)",
@@ -312,8 +335,17 @@ impl SqliteTable {
 }
 
 impl Connector for SqliteTable {
-    fn capture_state(&mut self) -> Result<CaptureState, ConnectorError> {
-        Ok(if self.capture_installed()? { CaptureState::Ready } else { CaptureState::Missing })
+    fn capture_state(&mut self, cursor: Option<u64>) -> Result<CaptureState, ConnectorError> {
+        if !self.capture_installed()? {
+            return Ok(CaptureState::Missing);
+        }
+        let head = self.head()?;
+        Ok(match cursor {
+            Some(c) if c > head => CaptureState::Lost(format!(
+                "its change log ends at {head}, before Tandem's position {c} (was the file restored from a backup?)"
+            )),
+            _ => CaptureState::Ready,
+        })
     }
 
     fn identity(&mut self) -> Result<Option<String>, ConnectorError> {
@@ -495,7 +527,11 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
 
     fn created(&mut self, intent: &str) -> Result<Option<Key>, ConnectorError> {
         self.conn
-            .query_row("SELECT pk FROM _tandem_intents WHERE id = ?1", [intent], |r| r.get::<_, String>(0))
+            .query_row(
+                "SELECT pk FROM _tandem_intents WHERE id = ?1 AND tbl = ?2",
+                [intent, self.table.as_str()],
+                |r| r.get::<_, String>(0),
+            )
             .optional()
             .map(|pk| pk.and_then(|p| Key::parse(&p)))
             .map_err(|e| sql_err(self.ctx("reading intents"), e))
