@@ -165,4 +165,8 @@ pub trait Connector {
     fn created(&mut self, intent: &str) -> Result<Option<Key>, ConnectorError>;
     /// Forgets the intent records of these ids (their links are durable in Tandem's state).
     fn forget_intents(&mut self, ids: &[String]) -> Result<(), ConnectorError>;
+    /// How many captured changes wait after `after`, where the system can count them.
+    fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError>;
+    /// Removes what `install` put on the system; returns what was removed.
+    fn uninstall(&mut self) -> Result<String, ConnectorError>;
 }

@@ -282,6 +282,18 @@ impl Connector for MemoryTable {
         }
         Ok(())
     }
+
+    fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError> {
+        self.gate()?;
+        Ok(Some(self.log.iter().filter(|t| t.pos > after).count() as u64))
+    }
+
+    fn uninstall(&mut self) -> Result<String, ConnectorError> {
+        self.gate()?;
+        self.installed = false;
+        self.log.clear();
+        Ok("removed in-memory capture".into())
+    }
 }
 
 /// A [`MemoryStore`] whose commits can be cut by a [`Fuse`] (a crash before the commit).

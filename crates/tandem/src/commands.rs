@@ -4,13 +4,13 @@
 use crate::config::{self, Config};
 use crate::error::CliError;
 use crate::format;
-use crate::runner::Runner;
+use crate::runner::{open_entity, Runner};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_connectors::sqlite::SqliteTable;
 use tandem_connectors::state::SqliteStore;
+use tandem_core::connector::CaptureState;
 use tandem_core::engine::{retry_dead_letters, Report, Resolution};
 use tandem_core::mapping::Side;
 use tandem_core::store::StateStore;
@@ -143,9 +143,13 @@ pub fn check(path: &Path) -> Result<(), CliError> {
         }
         for side in [Side::Left, Side::Right] {
             let ent = spec.side(side);
-            if let Ok(t) = SqliteTable::open(cfg.sqlite_path(&ent.system), &ent.table, &ent.key) {
-                if !t.capture_installed().unwrap_or(false) {
-                    println!("    {}.{}: change capture is not installed yet; `tandem run` installs it (triggers and table _tandem_changes)", ent.system, ent.table);
+            let i = cfg.syncs.iter().position(|s| s.name == spec.name).expect("sync of this config");
+            if let Ok(mut t) = open_entity(&cfg, i, side) {
+                if t.capture_state(None).map(|s| s != CaptureState::Ready).unwrap_or(false) {
+                    println!(
+                        "    {}.{}: change capture is not installed yet; `tandem run` installs it",
+                        ent.system, ent.table
+                    );
                 }
             }
         }
@@ -326,8 +330,8 @@ pub fn uninstall(path: &Path) -> Result<(), CliError> {
     let mut cleared = Vec::new();
     for spec in &cfg.syncs {
         for side in [Side::Left, Side::Right] {
-            let ent = spec.side(side);
-            let mut t = SqliteTable::open(cfg.sqlite_path(&ent.system), &ent.table, &ent.key)?;
+            let i = cfg.syncs.iter().position(|s| s.name == spec.name).expect("sync of this config");
+            let mut t = open_entity(&cfg, i, side)?;
             println!("{}", t.uninstall()?);
             cleared.push(spec.name.clone());
         }

@@ -49,12 +49,17 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// A system as configured.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum System {
     /// A SQLite file.
     Sqlite {
         /// The file (resolved against the config file's folder).
         path: PathBuf,
+    },
+    /// A PostgreSQL database.
+    Postgres {
+        /// Connection settings, with the password from the environment (never printed).
+        url: Box<tandem_connectors::postgres::PgUrl>,
     },
 }
 
@@ -75,12 +80,16 @@ pub struct Config {
     pub syncs: Vec<SyncSpec>,
 }
 
-impl Config {
-    /// The SQLite file of a system.
-    pub fn sqlite_path(&self, system: &str) -> &Path {
-        match &self.systems[system] {
-            System::Sqlite { path } => path,
+/// Whether a URL carries a password written out instead of an `${ENV_VAR}` reference.
+fn literal_password(url: &str) -> bool {
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else { return false };
+    let Some((userinfo, _)) = rest.split_once('@') else { return false };
+    match userinfo.split_once(':') {
+        Some((_, pw)) => {
+            let reference = pw.starts_with("${") && pw.ends_with('}') && pw.matches("${").count() == 1;
+            !pw.is_empty() && !reference
         }
+        None => false,
     }
 }
 
@@ -99,6 +108,7 @@ struct RawConfig {
 struct RawSystem {
     kind: Spanned<String>,
     path: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -370,10 +380,37 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
                     "add `path = \"file.db\"` (relative to the config file)",
                 ),
             },
+            "postgres" => match &sys.url {
+                Some(u) if literal_password(u.get_ref()) => ctx.at(
+                    u.span(),
+                    format!("system `{name}`: the url has its password written out; secrets never go in config files"),
+                    "write the password as an environment reference: postgres://user:${PGPASSWORD}@host/db",
+                ),
+                Some(u) => match expand_env(u.get_ref()) {
+                    Ok(expanded) => match tandem_connectors::postgres::PgUrl::parse(&expanded) {
+                        Ok(url) => {
+                            systems.insert(name.clone(), System::Postgres { url: Box::new(url) });
+                        }
+                        Err(e) => ctx.at(
+                            u.span(),
+                            format!("system `{name}`: url is {e}"),
+                            "write postgres://user:${PGPASSWORD}@host:5432/database",
+                        ),
+                    },
+                    Err(e) => {
+                        ctx.at(u.span(), format!("system `{name}`: {e}"), "set the variable before running tandem")
+                    }
+                },
+                None => ctx.at(
+                    span,
+                    format!("system `{name}` has no `url`"),
+                    "add url = \"postgres://user:${PGPASSWORD}@host:5432/database\"",
+                ),
+            },
             other => ctx.at(
                 sys.kind.span(),
                 format!("system `{name}` has kind `{other}`, which this version does not support"),
-                "use kind = \"sqlite\"",
+                "use kind = \"sqlite\" or \"postgres\"",
             ),
         }
     }
@@ -709,6 +746,14 @@ transfrom = "split_name"
     fn syntax_errors_name_the_line() {
         let err = parse(Path::new("t.toml"), "[systems.crm]\nkind = \n").unwrap_err();
         assert_eq!(err.problems[0].line, Some(2));
+    }
+
+    #[test]
+    fn literal_passwords_are_refused() {
+        assert!(literal_password("postgres://u:hunter2@h/db"));
+        assert!(!literal_password("postgres://u:${PGPASSWORD}@h/db"));
+        assert!(!literal_password("postgres://u@h/db"));
+        assert!(literal_password("postgres://u:${A}x@h/db"));
     }
 
     #[test]

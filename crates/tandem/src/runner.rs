@@ -1,12 +1,13 @@
 //! Wiring: opens the state store and each sync's two tables, and runs engine cycles with
 //! per-sync retry and backoff.
 
-use crate::config::Config;
+use crate::config::{Config, System};
 use crate::error::CliError;
 use std::time::{Duration, Instant};
+use tandem_connectors::postgres::PgTable;
 use tandem_connectors::sqlite::SqliteTable;
 use tandem_connectors::state::SqliteStore;
-use tandem_core::connector::ErrorKind;
+use tandem_core::connector::{Connector, ConnectorError, ErrorKind};
 use tandem_core::engine::{Engine, EngineError, Report};
 use tandem_core::mapping::Side;
 
@@ -28,7 +29,7 @@ pub struct Runner {
     pub cfg: Config,
     /// The state store.
     pub store: SqliteStore,
-    tables: Vec<Option<[SqliteTable; 2]>>,
+    tables: Vec<Option<[Box<dyn Connector>; 2]>>,
     health: Vec<Health>,
 }
 
@@ -57,12 +58,15 @@ impl Runner {
         })
     }
 
-    fn open_tables(cfg: &Config, i: usize) -> Result<[SqliteTable; 2], EngineError> {
+    fn open_tables(cfg: &Config, i: usize) -> Result<[Box<dyn Connector>; 2], EngineError> {
         let spec = &cfg.syncs[i];
         let open = |side: Side| {
             let ent = spec.side(side);
-            SqliteTable::open(cfg.sqlite_path(&ent.system), &ent.table, &ent.key)
-                .map_err(|source| EngineError::Connector { system: ent.system.clone(), side, source })
+            open_entity(cfg, i, side).map_err(|source| EngineError::Connector {
+                system: ent.system.clone(),
+                side,
+                source,
+            })
         };
         Ok([open(Side::Left)?, open(Side::Right)?])
     }
@@ -78,7 +82,8 @@ impl Runner {
         }
         let [left, right] = self.tables[i].as_mut().expect("opened above");
         let now = now_ms;
-        let mut engine = Engine::new(&self.cfg.syncs[i], &mut self.store, left, right, &now, self.cfg.batch_size);
+        let mut engine =
+            Engine::new(&self.cfg.syncs[i], &mut self.store, left.as_mut(), right.as_mut(), &now, self.cfg.batch_size);
         f(&mut engine)
     }
 
@@ -129,12 +134,20 @@ impl Runner {
         (reports, failures)
     }
 
-    /// Backlog of captured but not yet read changes of a sync's side.
+    /// Backlog of captured but not yet read changes of a sync's side (`None` when unknown).
     pub fn backlog(&mut self, i: usize, side: Side) -> Option<u64> {
-        let spec = &self.cfg.syncs[i];
-        let ent = spec.side(side);
-        let mut t = SqliteTable::open(self.cfg.sqlite_path(&ent.system), &ent.table, &ent.key).ok()?;
-        let cursor = tandem_core::store::StateStore::cursor(&mut self.store, &spec.name, side).ok()??;
-        t.backlog(cursor).ok()
+        let mut t = open_entity(&self.cfg, i, side).ok()?;
+        let cursor = tandem_core::store::StateStore::cursor(&mut self.store, &self.cfg.syncs[i].name, side).ok()??;
+        t.backlog(cursor).ok()?
     }
+}
+
+/// Opens one side of sync `i` with the connector of its system's kind.
+pub fn open_entity(cfg: &Config, i: usize, side: Side) -> Result<Box<dyn Connector>, ConnectorError> {
+    let spec = &cfg.syncs[i];
+    let ent = spec.side(side);
+    Ok(match &cfg.systems[&ent.system] {
+        System::Sqlite { path } => Box::new(SqliteTable::open(path, &ent.table, &ent.key)?),
+        System::Postgres { url } => Box::new(PgTable::open(url, &ent.table, &ent.key, &spec.name, side.as_str())?),
+    })
 }

@@ -1,9 +1,9 @@
 //! The second phase of config validation: compare the config with the systems' schemas.
 //! Reads only; never creates a file or writes to one.
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, Problem, System};
 use rusqlite::{Connection, OpenFlags};
-use tandem_connectors::sqlite::{table_columns, Column};
+use tandem_connectors::sqlite::table_columns;
 use tandem_core::mapping::{Side, Transform};
 use tandem_core::rules::DeleteRule;
 use tandem_core::value::Value;
@@ -24,10 +24,10 @@ fn kind(decl: &str) -> Kind {
     let d = decl.to_ascii_uppercase();
     if d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT") {
         Kind::Text
-    } else if d.is_empty() || d.contains("BLOB") {
-        Kind::Any
-    } else {
+    } else if ["INT", "REAL", "FLOA", "DOUB", "NUMERIC", "DECIMAL"].iter().any(|t| d.contains(t)) && !d.contains("[]") {
         Kind::Number
+    } else {
+        Kind::Any
     }
 }
 
@@ -38,7 +38,74 @@ fn value_fits(decl: &str, v: &Value) -> bool {
     }
 }
 
-/// Checks every sync against the SQLite files; fills in key columns left to the schema.
+/// Reads a table's columns from its system; `Err((what, fix))` when the system cannot be read.
+fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, (String, String)> {
+    match &cfg.systems[system] {
+        System::Sqlite { path } => {
+            if !path.exists() {
+                return Err((
+                    format!("system `{system}`: SQLite file {} does not exist", path.display()),
+                    "correct `path` (relative paths start at the config file's folder)".into(),
+                ));
+            }
+            let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+                (
+                    format!("system `{system}`: cannot open {}: {e}", path.display()),
+                    "check the file and its permissions".into(),
+                )
+            })?;
+            let cols = table_columns(&conn, table).map_err(|e| {
+                (
+                    format!("system `{system}`: cannot read {}: {e}", path.display()),
+                    "check that the file is a SQLite database".into(),
+                )
+            })?;
+            let pks = cols.iter().filter(|c| c.pk > 0).count();
+            Ok(cols
+                .into_iter()
+                .map(|c| Column {
+                    // SQLite fills a lone INTEGER PRIMARY KEY itself (it is the rowid).
+                    generated: c.has_default || (c.pk > 0 && pks == 1 && c.decl_type.eq_ignore_ascii_case("INTEGER")),
+                    name: c.name,
+                    decl_type: c.decl_type,
+                    not_null: c.not_null,
+                    pk: c.pk,
+                })
+                .collect())
+        }
+        System::Postgres { url } => {
+            let cols = tandem_connectors::postgres::table_columns(url, table).map_err(|e| {
+                (
+                    format!("system `{system}`: {e}"),
+                    "check the url, that the server runs, and that the user may connect (see the README's PostgreSQL section)"
+                        .into(),
+                )
+            })?;
+            Ok(cols
+                .into_iter()
+                .map(|c| Column {
+                    name: c.name,
+                    decl_type: c.type_name,
+                    not_null: c.not_null,
+                    generated: c.has_default,
+                    pk: c.pk,
+                })
+                .collect())
+        }
+    }
+}
+
+/// A column as the checks need it, whatever the system.
+struct Column {
+    name: String,
+    decl_type: String,
+    not_null: bool,
+    /// The system fills it when a record is created (default, identity, rowid).
+    generated: bool,
+    pk: i64,
+}
+
+/// Checks every sync against the systems' schemas; fills in key columns left to the schema.
 pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
     fn push(problems: &mut Vec<Problem>, line: Option<usize>, what: String, fix: String) {
         problems.push(Problem { line, what, fix });
@@ -51,52 +118,19 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
             if !cfg.systems.contains_key(&ent.system) {
                 continue;
             }
-            let path = cfg.sqlite_path(&ent.system).to_path_buf();
             let line = line_of(text, &ent.table);
-            if !path.exists() {
-                push(
-                    problems,
-                    line,
-                    format!("system `{}`: SQLite file {} does not exist", ent.system, path.display()),
-                    "correct `path` (relative paths start at the config file's folder)".into(),
-                );
-                continue;
-            }
-            let conn = match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
-                Ok(c) => c,
-                Err(e) => {
-                    push(
-                        problems,
-                        line,
-                        format!("system `{}`: cannot open {}: {e}", ent.system, path.display()),
-                        "check the file and its permissions".into(),
-                    );
-                    continue;
-                }
-            };
-            match table_columns(&conn, &ent.table) {
+            match load_columns(cfg, &ent.system, &ent.table) {
                 Ok(c) if c.is_empty() => push(
                     problems,
                     line,
-                    format!(
-                        "sync `{}`: table `{}` does not exist in {} ({})",
-                        cfg.syncs[si].name,
-                        ent.table,
-                        ent.system,
-                        path.display()
-                    ),
+                    format!("sync `{}`: table `{}` does not exist in {}", cfg.syncs[si].name, ent.table, ent.system),
                     "correct the table name".into(),
                 ),
                 Ok(c) => {
                     cols[side.index()] = c;
                     ok[side.index()] = true;
                 }
-                Err(e) => push(
-                    problems,
-                    line,
-                    format!("system `{}`: cannot read {}: {e}", ent.system, path.display()),
-                    "check that the file is a SQLite database".into(),
-                ),
+                Err((what, fix)) => push(problems, line, what, fix),
             }
         }
         for side in [Side::Left, Side::Right] {
@@ -235,12 +269,9 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
             }
             let source = target.other();
             let ent = spec.side(target);
-            let pk_count = cols[target.index()].iter().filter(|c| c.pk > 0).count();
             for c in &cols[target.index()] {
-                // SQLite generates a single INTEGER PRIMARY KEY (the rowid); other keys need a value.
-                let generated = c.pk > 0 && pk_count == 1 && c.decl_type.eq_ignore_ascii_case("INTEGER");
                 let is_key = spec.side(target).key.contains(&c.name);
-                if generated || c.has_default || !(c.not_null || is_key) {
+                if c.generated || !(c.not_null || is_key) {
                     continue;
                 }
                 let written =

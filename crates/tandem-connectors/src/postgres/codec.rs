@@ -21,7 +21,9 @@ pub(crate) fn from_text(type_oid: u32, text: Option<&str>) -> Value {
         INT2 | INT4 | INT8 => t.parse().map(Value::Int).unwrap_or_else(|_| Value::Text(t.to_string())),
         FLOAT4 | FLOAT8 => t.parse().map(Value::Float).unwrap_or_else(|_| Value::Text(t.to_string())),
         BYTEA => match t.strip_prefix("\\x") {
-            Some(hex) => Value::Bytes((0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()),
+            Some(hex) => Value::Bytes(
+                (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect(),
+            ),
             None => Value::Text(t.to_string()),
         },
         _ => Value::Text(t.to_string()),
@@ -33,7 +35,9 @@ pub(crate) fn to_text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::Int(i) => Some(i.to_string()),
-        Value::Float(f) => Some(if f.is_finite() { format!("{f:?}") } else { f.to_string().replace("inf", "Infinity") }),
+        Value::Float(f) => {
+            Some(if f.is_finite() { format!("{f:?}") } else { f.to_string().replace("inf", "Infinity") })
+        }
         Value::Text(s) => Some(s.clone()),
         Value::Bytes(b) => Some(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
         Value::Bool(b) => Some(b.to_string()),
@@ -51,7 +55,9 @@ pub(crate) fn fits(type_oid: u32, type_name: &str, v: &Value) -> bool {
         INT4 => t.parse::<i32>().is_ok(),
         INT8 => t.parse::<i64>().is_ok(),
         FLOAT4 | FLOAT8 => t.parse::<f64>().is_ok() || ["NaN", "Infinity", "-Infinity"].contains(&t),
-        BOOL => ["t", "f", "true", "false", "1", "0", "yes", "no", "on", "off"].contains(&t.to_ascii_lowercase().as_str()),
+        BOOL => {
+            ["t", "f", "true", "false", "1", "0", "yes", "no", "on", "off"].contains(&t.to_ascii_lowercase().as_str())
+        }
         _ if type_name.starts_with("numeric") => t.parse::<f64>().is_ok() && !t.contains(['e', 'E', 'x']),
         _ => true,
     }
@@ -63,7 +69,14 @@ mod tests {
 
     #[test]
     fn text_round_trips() {
-        for (oid, t) in [(INT4, "42"), (FLOAT8, "1.5"), (BOOL, "t"), (BYTEA, "\\x00ff"), (1700, "12.50"), (2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")] {
+        for (oid, t) in [
+            (INT4, "42"),
+            (FLOAT8, "1.5"),
+            (BOOL, "t"),
+            (BYTEA, "\\x00ff"),
+            (1700, "12.50"),
+            (2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        ] {
             let v = from_text(oid, Some(t));
             let back = to_text(&v).unwrap();
             assert_eq!(from_text(oid, Some(&back)), v, "{t}");

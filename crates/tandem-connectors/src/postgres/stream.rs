@@ -74,7 +74,10 @@ impl Capture {
     }
 
     fn key_of(&self, relation: u32, tuple: &TupleData) -> Result<Key, ConnectorError> {
-        let rel = self.relations.get(&relation).ok_or_else(|| err(ErrorKind::Internal, format!("change for unknown relation {relation}")))?;
+        let rel = self
+            .relations
+            .get(&relation)
+            .ok_or_else(|| err(ErrorKind::Internal, format!("change for unknown relation {relation}")))?;
         let mut values = Vec::with_capacity(self.key_columns.len());
         for k in &self.key_columns {
             let i = rel
@@ -82,7 +85,9 @@ impl Capture {
                 .iter()
                 .position(|(n, _)| n == k)
                 .ok_or_else(|| err(ErrorKind::Schema, format!("key column {k} is not in the replicated table")))?;
-            let col = tuple.get_column(i).ok_or_else(|| err(ErrorKind::Internal, "short tuple in the replication stream".into()))?;
+            let col = tuple
+                .get_column(i)
+                .ok_or_else(|| err(ErrorKind::Internal, "short tuple in the replication stream".into()))?;
             let text = col.as_str();
             values.push(if col.is_null() { Value::Null } else { from_text(rel.columns[i].1, text.as_deref()) });
         }
@@ -92,7 +97,8 @@ impl Capture {
     fn handle(&mut self, ev: ReplicationEvent) -> Result<(), ConnectorError> {
         match ev {
             ReplicationEvent::Begin { commit_time_micros, .. } => {
-                self.open = Some(Txn { keys: Vec::new(), own: false, at_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000 });
+                self.open =
+                    Some(Txn { keys: Vec::new(), own: false, at_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000 });
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if let Some(txn) = self.open.take() {
@@ -122,7 +128,9 @@ impl Capture {
                             t.own |= origin_name.starts_with(ORIGIN_PREFIX);
                         }
                     }
-                    LogicalReplicationMessage::Insert { relation_id, tuple } => touched.push(self.key_of(relation_id, &tuple)?),
+                    LogicalReplicationMessage::Insert { relation_id, tuple } => {
+                        touched.push(self.key_of(relation_id, &tuple)?)
+                    }
                     LogicalReplicationMessage::Update { relation_id, old_tuple, new_tuple, .. } => {
                         touched.push(self.key_of(relation_id, &new_tuple)?);
                         if let Some(old) = old_tuple {
@@ -132,7 +140,9 @@ impl Capture {
                             }
                         }
                     }
-                    LogicalReplicationMessage::Delete { relation_id, old_tuple, .. } => touched.push(self.key_of(relation_id, &old_tuple)?),
+                    LogicalReplicationMessage::Delete { relation_id, old_tuple, .. } => {
+                        touched.push(self.key_of(relation_id, &old_tuple)?)
+                    }
                     LogicalReplicationMessage::Truncate { .. } => {
                         return Err(err(
                             ErrorKind::Schema,
@@ -156,7 +166,12 @@ impl Capture {
 
     /// Receives events for up to `wait` (less once `limit` keys are pending), then returns the
     /// complete transactions after `after`.
-    pub(crate) async fn changes(&mut self, after: u64, limit: usize, wait: Duration) -> Result<ChangePage, ConnectorError> {
+    pub(crate) async fn changes(
+        &mut self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<ChangePage, ConnectorError> {
         let deadline = Instant::now() + wait;
         while self.pending_keys(after) < limit {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -134,7 +134,7 @@ impl SqliteTable {
 
     /// Removes this table's capture triggers, and Tandem's tables when no synced table is left.
     /// Returns what was removed.
-    pub fn uninstall(&mut self) -> Result<String, ConnectorError> {
+    fn remove_capture(&mut self) -> Result<String, ConnectorError> {
         let tx = self.conn.unchecked_transaction().map_err(|e| sql_err(self.ctx("uninstalling"), e))?;
         for s in ["ins", "upd", "del"] {
             tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {};", ident(&self.trigger(s))))
@@ -161,7 +161,7 @@ impl SqliteTable {
     }
 
     /// How many captured changes of this table come after `after`.
-    pub fn backlog(&mut self, after: u64) -> Result<u64, ConnectorError> {
+    fn count_backlog(&mut self, after: u64) -> Result<u64, ConnectorError> {
         if !self.capture_installed()? {
             return Ok(0);
         }
@@ -544,5 +544,13 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
                 .map_err(|e| sql_err("forgetting intents", e))?;
         }
         tx.commit().map_err(|e| sql_err(self.ctx("forgetting intents"), e))
+    }
+
+    fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError> {
+        self.count_backlog(after).map(Some)
+    }
+
+    fn uninstall(&mut self) -> Result<String, ConnectorError> {
+        self.remove_capture()
     }
 }

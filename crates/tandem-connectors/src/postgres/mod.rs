@@ -1,0 +1,786 @@
+//! PostgreSQL: logical replication capture (`pgoutput`, a slot and a publication Tandem
+//! creates), keyset snapshot, transactional apply tagged with a replication origin.
+//!
+//! Values travel in their text form and are cast in SQL to each column's type, so numeric,
+//! dates, json, uuid and arrays keep their exact value. Tandem's own writes run in a session
+//! set up with a replication origin named like its slot; capture drops transactions with an
+//! origin starting with `tandem_`, and the base comparison stays as the safety net.
+
+mod codec;
+mod stream;
+
+use codec::{fits, from_text, to_text};
+use pgwire_replication::{Lsn, ReplicationConfig};
+use std::time::Duration;
+use stream::Capture;
+use tandem_core::connector::{
+    CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write, WriteResult,
+};
+use tandem_core::value::{Key, Row, Value};
+use tokio_postgres::types::ToSql;
+
+/// One column of a PostgreSQL table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PgColumn {
+    /// Column name.
+    pub name: String,
+    /// Type OID.
+    pub oid: u32,
+    /// The type as SQL spells it (`numeric(12,2)`, `timestamp with time zone`).
+    pub type_name: String,
+    /// Whether NULL is refused.
+    pub not_null: bool,
+    /// Whether the server fills it (default, identity, generated).
+    pub has_default: bool,
+    /// Position in the primary key (0 when not part of it).
+    pub pk: i64,
+}
+
+/// Quotes an identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn pg_err(what: impl std::fmt::Display, e: tokio_postgres::Error) -> ConnectorError {
+    let kind = match e.as_db_error() {
+        Some(db) if db.code().code().starts_with("08") || db.code().code().starts_with("57") => ErrorKind::Unavailable,
+        Some(db) if db.code().code() == "42P01" || db.code().code() == "42703" => ErrorKind::Schema,
+        Some(_) => ErrorKind::Internal,
+        None => ErrorKind::Unavailable,
+    };
+    let msg = match e.as_db_error() {
+        Some(db) => format!("{what}: {}", db.message()),
+        None => format!("{what}: {e}"),
+    };
+    ConnectorError { kind, message: msg, source: Some(Box::new(e)) }
+}
+
+/// Connection settings parsed from a `postgres://` URL (the password never printed).
+#[derive(Clone)]
+pub struct PgUrl {
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+impl PgUrl {
+    /// Parses a URL; the error never repeats the URL (it may hold a password).
+    pub fn parse(url: &str) -> Result<PgUrl, String> {
+        url.parse::<tokio_postgres::Config>()
+            .map(|config| PgUrl { config })
+            .map_err(|e| format!("not a valid postgres:// URL ({e})"))
+    }
+
+    fn host(&self) -> String {
+        match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.config.get_ports().first().copied().unwrap_or(5432)
+    }
+
+    fn user(&self) -> String {
+        self.config.get_user().unwrap_or("postgres").to_string()
+    }
+
+    fn dbname(&self) -> String {
+        self.config.get_dbname().map(str::to_string).unwrap_or_else(|| self.user())
+    }
+
+    /// `host:port/db`, for messages.
+    pub fn label(&self) -> String {
+        format!("{}:{}/{}", self.host(), self.port(), self.dbname())
+    }
+}
+
+/// One table of one PostgreSQL database.
+pub struct PgTable {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    url: PgUrl,
+    schema: String,
+    table: String,
+    key: Vec<String>,
+    columns: Vec<PgColumn>,
+    slot: String,
+    publication: String,
+    origin_ready: bool,
+    capture: Option<Capture>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ConnectorError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| ConnectorError::new(ErrorKind::Internal, format!("starting the I/O runtime: {e}")))
+}
+
+async fn connect(url: &PgUrl) -> Result<tokio_postgres::Client, ConnectorError> {
+    let (client, connection) = url
+        .config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| pg_err(format_args!("connecting to {}", url.label()), e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+        .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 1;")
+        .await
+        .map_err(|e| pg_err("setting up the session", e))?;
+    Ok(client)
+}
+
+/// The columns of `schema.table` (empty when the table does not exist).
+async fn columns(client: &tokio_postgres::Client, qualified: &str) -> Result<Vec<PgColumn>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''),
+                    coalesce((SELECT k.n FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(att, n)
+                              WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.att = a.attnum), 0)::int8
+             FROM pg_attribute a
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&qualified],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PgColumn {
+            name: r.get(0),
+            oid: r.get(1),
+            type_name: r.get(2),
+            not_null: r.get(3),
+            has_default: r.get(4),
+            pk: r.get(5),
+        })
+        .collect())
+}
+
+/// Splits `schema.table` (default schema `public`).
+fn split_table(table: &str) -> (String, String) {
+    match table.split_once('.') {
+        Some((s, t)) => (s.to_string(), t.to_string()),
+        None => ("public".to_string(), table.to_string()),
+    }
+}
+
+/// The columns of a table, for `tandem check` (reads only).
+pub fn table_columns(url: &PgUrl, table: &str) -> Result<Vec<PgColumn>, ConnectorError> {
+    let rt = runtime()?;
+    let (schema, name) = split_table(table);
+    rt.block_on(async {
+        let client = connect(url).await?;
+        columns(&client, &format!("{}.{}", ident(&schema), ident(&name)))
+            .await
+            .map_err(|e| pg_err(format_args!("reading {} on {}", table, url.label()), e))
+    })
+}
+
+/// Slot (and origin) name for one side of a sync: unique in the cluster, at most 63 bytes.
+pub fn slot_name(db: &str, sync: &str, side: &str) -> String {
+    let clean = |s: &str| {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect::<String>()
+    };
+    let full = format!("tandem_{}_{}_{}", clean(db), clean(sync), clean(side));
+    if full.len() <= 63 {
+        return full;
+    }
+    // Keep it unique when cut: a hash of the whole name at the end.
+    let hash = full.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    format!("{}_{hash:016x}", &full[..46])
+}
+
+impl PgTable {
+    /// Connects and reads the table's columns. `slot` names Tandem's slot, publication and
+    /// replication origin for this table.
+    pub fn open(url: &PgUrl, table: &str, key: &[String], sync: &str, side: &str) -> Result<PgTable, ConnectorError> {
+        let rt = runtime()?;
+        let (schema, name) = split_table(table);
+        let qualified = format!("{}.{}", ident(&schema), ident(&name));
+        let (client, cols) = rt.block_on(async {
+            let client = connect(url).await?;
+            let cols = columns(&client, &qualified).await.map_err(|e| pg_err(format_args!("reading {table}"), e))?;
+            Ok::<_, ConnectorError>((client, cols))
+        })?;
+        if cols.is_empty() {
+            return Err(ConnectorError::new(
+                ErrorKind::Schema,
+                format!("table `{table}` does not exist in {}", url.label()),
+            ));
+        }
+        for k in key {
+            if !cols.iter().any(|c| &c.name == k) {
+                return Err(ConnectorError::new(
+                    ErrorKind::Schema,
+                    format!("key column `{k}` does not exist in {table}"),
+                ));
+            }
+        }
+        let slot = slot_name(&url.dbname(), sync, side);
+        Ok(PgTable {
+            rt,
+            client,
+            url: url.clone(),
+            publication: slot.clone(),
+            slot,
+            schema,
+            table: name,
+            key: key.to_vec(),
+            columns: cols,
+            origin_ready: false,
+            capture: None,
+        })
+    }
+
+    fn qualified(&self) -> String {
+        format!("{}.{}", ident(&self.schema), ident(&self.table))
+    }
+
+    fn label(&self) -> String {
+        format!("{} table {}.{}", self.url.label(), self.schema, self.table)
+    }
+
+    fn column(&self, name: &str) -> Option<&PgColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    fn cast(&self, name: &str) -> String {
+        self.column(name).map(|c| c.type_name.clone()).unwrap_or_else(|| "text".into())
+    }
+
+    fn select_list(&self) -> String {
+        self.columns.iter().map(|c| format!("t.{}::text", ident(&c.name))).collect::<Vec<_>>().join(", ")
+    }
+
+    fn row_from(&self, r: &tokio_postgres::Row) -> (Key, Row) {
+        let mut row = Row::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            let text: Option<String> = r.get(i);
+            row.insert(c.name.clone(), from_text(c.oid, text.as_deref()));
+        }
+        let key =
+            Key::from_values(&self.key.iter().map(|k| row.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>());
+        (key, row)
+    }
+
+    fn key_match(&self, first: usize) -> String {
+        self.key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("t.{} = ${}::text::{}", ident(k), first + i, self.cast(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    async fn slot_row(&self) -> Result<Option<(Option<String>, Option<String>)>, ConnectorError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT wal_status, (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+                &[&self.slot],
+            )
+            .await
+            .map_err(|e| pg_err("reading replication slots", e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn ensure_origin(&self) -> Result<(), ConnectorError> {
+        self.client
+            .execute(
+                "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+                &[&self.slot],
+            )
+            .await
+            .map_err(|e| pg_err("creating replication origin", e))?;
+        Ok(())
+    }
+
+    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    fn write_row_error(&self, e: &tokio_postgres::Error, values: Option<&Row>) -> Option<RowError> {
+        let db = e.as_db_error()?;
+        let class = &db.code().code()[..2];
+        if class != "23" && class != "22" {
+            return None;
+        }
+        let column = db.column().map(str::to_string);
+        let value_type = column.as_ref().map(|c| values.and_then(|v| v.get(c)).map(Value::type_name).unwrap_or("null"));
+        Some(RowError::new(column, value_type, format!("{} refused the write: {}", self.label(), db.message())))
+    }
+
+    fn check_fit(&self, values: &Row) -> Result<(), RowError> {
+        for (col, v) in values {
+            let Some(c) = self.column(col) else {
+                return Err(RowError::new(
+                    Some(col.clone()),
+                    Some(v.type_name()),
+                    format!("column {}.{col} does not exist", self.table),
+                ));
+            };
+            if !fits(c.oid, &c.type_name, v) {
+                return Err(RowError::new(
+                    Some(col.clone()),
+                    Some(v.type_name()),
+                    format!(
+                        "column {}.{col} is {}; the {} value {v} does not fit",
+                        self.table,
+                        c.type_name,
+                        v.type_name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_one(&self, w: &Write) -> Result<WriteResult, tokio_postgres::Error> {
+        let values = match w {
+            Write::Insert { values, .. } | Write::Update { values, .. } => Some(values),
+            Write::Delete { .. } => None,
+        };
+        if let Some(v) = values {
+            if let Err(e) = self.check_fit(v) {
+                return Ok(Err(e));
+            }
+        }
+        let params = |vals: Vec<Option<String>>| vals;
+        match w {
+            Write::Insert { intent, values } => {
+                let values: Row = values
+                    .iter()
+                    .filter(|(c, v)| !(v.is_null() && self.column(c).is_some_and(|x| x.not_null && x.has_default)))
+                    .map(|(c, v)| (c.clone(), v.clone()))
+                    .collect();
+                let cols: Vec<String> = values.keys().map(|c| ident(c)).collect();
+                let marks: Vec<String> =
+                    values.keys().enumerate().map(|(i, c)| format!("${}::text::{}", i + 1, self.cast(c))).collect();
+                let keys: Vec<String> = self.key.iter().map(|k| format!("{}::text", ident(k))).collect();
+                let sql = if values.is_empty() {
+                    format!("INSERT INTO {} DEFAULT VALUES RETURNING {}", self.qualified(), keys.join(", "))
+                } else {
+                    format!(
+                        "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
+                        self.qualified(),
+                        cols.join(", "),
+                        marks.join(", "),
+                        keys.join(", ")
+                    )
+                };
+                let p = params(values.values().map(to_text).collect());
+                let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+                let row = self.client.query_one(&sql, &refs).await?;
+                let key_values: Vec<Value> = self
+                    .key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        from_text(
+                            self.column(k).map(|c| c.oid).unwrap_or(25),
+                            row.get::<_, Option<String>>(i).as_deref(),
+                        )
+                    })
+                    .collect();
+                if key_values.iter().any(Value::is_null) {
+                    return Ok(Err(RowError::new(
+                        None,
+                        None,
+                        format!(
+                            "{} gave the new record no key: map a field to the key column or give it a default",
+                            self.label()
+                        ),
+                    )));
+                }
+                let key = Key::from_values(&key_values);
+                self.client
+                    .execute(
+                        "INSERT INTO _tandem.intents (id, tbl, pk) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET tbl = excluded.tbl, pk = excluded.pk",
+                        &[intent, &self.qualified(), &key.as_str()],
+                    )
+                    .await?;
+                Ok(Ok(key))
+            }
+            Write::Update { key, values, expect } => {
+                let sets: Vec<String> = values
+                    .keys()
+                    .enumerate()
+                    .map(|(i, c)| format!("{} = ${}::text::{}", ident(c), i + 1, self.cast(c)))
+                    .collect();
+                let n = values.len();
+                let m = n + self.key.len();
+                let mut wh = vec![self.key_match(n + 1)];
+                wh.extend(expect.keys().enumerate().map(|(i, c)| {
+                    format!("t.{} IS NOT DISTINCT FROM ${}::text::{}", ident(c), m + i + 1, self.cast(c))
+                }));
+                let sql =
+                    format!("UPDATE {} AS t SET {} WHERE {}", self.qualified(), sets.join(", "), wh.join(" AND "));
+                let p = params(
+                    values
+                        .values()
+                        .map(to_text)
+                        .chain(key.values().iter().map(to_text))
+                        .chain(expect.values().map(to_text))
+                        .collect(),
+                );
+                let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+                let changed = self.client.execute(&sql, &refs).await?;
+                if changed == 0 && !expect.is_empty() {
+                    let kp = params(key.values().iter().map(to_text).collect());
+                    let krefs: Vec<&(dyn ToSql + Sync)> = kp.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+                    let sql = format!("SELECT 1 FROM {} AS t WHERE {}", self.qualified(), self.key_match(1));
+                    if self.client.query_opt(&sql, &krefs).await?.is_some() {
+                        return Ok(Err(RowError::stale()));
+                    }
+                }
+                Ok(Ok(key.clone()))
+            }
+            Write::Delete { key } => {
+                let sql = format!("DELETE FROM {} AS t WHERE {}", self.qualified(), self.key_match(1));
+                let p = params(key.values().iter().map(to_text).collect());
+                let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+                self.client.execute(&sql, &refs).await?;
+                Ok(Ok(key.clone()))
+            }
+        }
+    }
+
+    fn stop_capture(&mut self) {
+        if let Some(c) = self.capture.take() {
+            self.rt.block_on(c.stop());
+        }
+    }
+}
+
+impl Drop for PgTable {
+    fn drop(&mut self) {
+        self.stop_capture();
+    }
+}
+
+impl Connector for PgTable {
+    fn capture_state(&mut self, cursor: Option<u64>) -> Result<CaptureState, ConnectorError> {
+        let slot = self.block(self.slot_row())?;
+        let published: bool = self
+            .block(self.client.query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&self.publication, &self.schema, &self.table],
+            ))
+            .map_err(|e| pg_err("reading publications", e))?
+            .is_some();
+        Ok(match slot {
+            None => CaptureState::Missing,
+            Some(_) if !published => CaptureState::Lost(format!(
+                "publication {} no longer includes the table, so changes were not published",
+                self.publication
+            )),
+            Some((Some(status), _)) if status == "lost" => CaptureState::Lost(format!(
+                "replication slot {} was invalidated (the WAL it needed was removed; see max_slot_wal_keep_size)",
+                self.slot
+            )),
+            Some((_, Some(flushed))) => match (flushed.parse::<u64>(), cursor) {
+                (Ok(f), Some(c)) if f > c => CaptureState::Lost(format!(
+                    "replication slot {} was advanced to {} past Tandem's position {} by another consumer",
+                    self.slot,
+                    Lsn::from_u64(f),
+                    Lsn::from_u64(c)
+                )),
+                _ => CaptureState::Ready,
+            },
+            Some(_) => CaptureState::Ready,
+        })
+    }
+
+    fn install(&mut self) -> Result<String, ConnectorError> {
+        self.stop_capture();
+        let q = self.qualified();
+        let (slot, publication) = (self.slot.clone(), self.publication.clone());
+        self.block(async {
+            let c = &self.client;
+            c.batch_execute(
+                "CREATE SCHEMA IF NOT EXISTS _tandem;
+                 CREATE TABLE IF NOT EXISTS _tandem.intents (id text PRIMARY KEY, tbl text NOT NULL, pk text NOT NULL);",
+            )
+            .await
+            .map_err(|e| pg_err("creating schema _tandem", e))?;
+            c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {p}; CREATE PUBLICATION {p} FOR TABLE {q};", p = ident(&publication)))
+                .await
+                .map_err(|e| pg_err(format_args!("creating publication {publication}"), e))?;
+            c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                .await
+                .map_err(|e| pg_err(format_args!("dropping the old slot {slot}"), e))?;
+            c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+                .await
+                .map_err(|e| pg_err(format_args!("creating replication slot {slot}"), e))?;
+            self.ensure_origin().await
+        })?;
+        Ok(format!(
+            "installed change capture on {}: publication {publication}, logical replication slot {slot} (pgoutput), replication origin {slot}; remove with `tandem uninstall`",
+            self.label()
+        ))
+    }
+
+    fn identity(&mut self) -> Result<Option<String>, ConnectorError> {
+        let row =
+            self.block(self.client.query_one(
+                "SELECT system_identifier::text || '/' || current_database() FROM pg_control_system()",
+                &[],
+            ))
+            .map_err(|e| pg_err("reading the system identifier", e))?;
+        Ok(Some(row.get(0)))
+    }
+
+    fn head(&mut self) -> Result<u64, ConnectorError> {
+        match self.block(self.slot_row())? {
+            Some((_, Some(lsn))) => {
+                lsn.parse().map_err(|_| ConnectorError::new(ErrorKind::Internal, format!("unreadable LSN {lsn}")))
+            }
+            _ => Err(ConnectorError::new(ErrorKind::Schema, format!("replication slot {} does not exist", self.slot))),
+        }
+    }
+
+    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError> {
+        if self.capture.is_none() {
+            let password =
+                self.url.config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+            let cfg = ReplicationConfig::new(
+                self.url.host(),
+                self.url.user(),
+                password,
+                self.url.dbname(),
+                self.slot.clone(),
+                self.publication.clone(),
+            )
+            .with_port(self.url.port())
+            .with_start_lsn(Lsn::from_u64(after))
+            .with_status_interval(Duration::from_secs(1))
+            .with_wakeup_interval(Duration::from_secs(1));
+            let key = self.key.clone();
+            self.capture = Some(self.rt.block_on(Capture::start(cfg, key))?);
+        }
+        let capture = self.capture.as_mut().expect("started above");
+        let page = self.rt.block_on(capture.changes(after, limit, Duration::from_millis(20)));
+        if page.is_err() {
+            self.stop_capture();
+        }
+        page
+    }
+
+    fn trim(&mut self, upto: u64) -> Result<(), ConnectorError> {
+        if let Some(c) = self.capture.as_mut() {
+            c.ack(upto);
+        }
+        Ok(())
+    }
+
+    fn last_change_at(&mut self, _key: &Key) -> Result<Option<i64>, ConnectorError> {
+        Ok(None)
+    }
+
+    fn read(&mut self, keys: &[Key]) -> Result<Vec<Option<Row>>, ConnectorError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let arrays: Vec<Vec<Option<String>>> =
+            (0..self.key.len()).map(|i| keys.iter().map(|k| k.values().get(i).and_then(to_text)).collect()).collect();
+        let unnest: Vec<String> = (1..=self.key.len()).map(|i| format!("${i}::text[]")).collect();
+        let names: Vec<String> = (1..=self.key.len()).map(|i| format!("k{i}")).collect();
+        let on: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("t.{} = u.k{}::{}", ident(k), i + 1, self.cast(k)))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} AS t JOIN unnest({}) AS u({}) ON {}",
+            self.select_list(),
+            self.qualified(),
+            unnest.join(", "),
+            names.join(", "),
+            on.join(" AND ")
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .block(self.client.query(&sql, &refs))
+            .map_err(|e| pg_err(format_args!("reading {}", self.label()), e))?;
+        let found: std::collections::HashMap<Key, Row> = rows.iter().map(|r| self.row_from(r)).collect();
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    fn scan(&mut self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Row)>, ConnectorError> {
+        let order: Vec<String> = self.key.iter().map(|k| format!("t.{}", ident(k))).collect();
+        let order = order.join(", ");
+        let (sql, p): (String, Vec<Option<String>>) = match after {
+            None => (
+                format!("SELECT {} FROM {} AS t ORDER BY {order} LIMIT {limit}", self.select_list(), self.qualified()),
+                vec![],
+            ),
+            Some(k) => {
+                let marks: Vec<String> =
+                    self.key.iter().enumerate().map(|(i, c)| format!("${}::text::{}", i + 1, self.cast(c))).collect();
+                (
+                    format!(
+                        "SELECT {} FROM {} AS t WHERE ({order}) > ({}) ORDER BY {order} LIMIT {limit}",
+                        self.select_list(),
+                        self.qualified(),
+                        marks.join(", ")
+                    ),
+                    k.values().iter().map(to_text).collect(),
+                )
+            }
+        };
+        let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .block(self.client.query(&sql, &refs))
+            .map_err(|e| pg_err(format_args!("scanning {}", self.label()), e))?;
+        Ok(rows.iter().map(|r| self.row_from(r)).collect())
+    }
+
+    fn find(&mut self, column: &str, value: &Value, case_insensitive: bool) -> Result<Vec<(Key, Row)>, ConnectorError> {
+        let order: Vec<String> = self.key.iter().map(|k| format!("t.{}", ident(k))).collect();
+        let cond = if case_insensitive && matches!(value, Value::Text(_)) {
+            format!("lower(t.{}::text) = lower($1)", ident(column))
+        } else {
+            format!("t.{} = $1::text::{}", ident(column), self.cast(column))
+        };
+        let sql = format!(
+            "SELECT {} FROM {} AS t WHERE {cond} ORDER BY {}",
+            self.select_list(),
+            self.qualified(),
+            order.join(", ")
+        );
+        let p = to_text(value);
+        let rows = self
+            .block(self.client.query(&sql, &[&p]))
+            .map_err(|e| pg_err(format_args!("matching on {}", self.label()), e))?;
+        Ok(rows.iter().map(|r| self.row_from(r)).collect())
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<Vec<WriteResult>, ConnectorError> {
+        let label = self.label();
+        let setup = !self.origin_ready;
+        let out = self.block(async {
+            let c = &self.client;
+            if setup {
+                self.ensure_origin().await?;
+                c.execute("SELECT pg_replication_origin_session_setup($1)", &[&self.slot])
+                    .await
+                    .map_err(|e| pg_err("tagging the session with Tandem's replication origin", e))?;
+            }
+            c.batch_execute("BEGIN").await.map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                c.batch_execute("SAVEPOINT tandem_write")
+                    .await
+                    .map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+                match self.write_one(w).await {
+                    Ok(r) => {
+                        if r.is_err() {
+                            c.batch_execute("ROLLBACK TO SAVEPOINT tandem_write")
+                                .await
+                                .map_err(|e| pg_err("rolling back a write", e))?;
+                        }
+                        out.push(r);
+                    }
+                    Err(e) => {
+                        let values = match w {
+                            Write::Insert { values, .. } | Write::Update { values, .. } => Some(values),
+                            Write::Delete { .. } => None,
+                        };
+                        match self.write_row_error(&e, values) {
+                            Some(row_err) => {
+                                c.batch_execute("ROLLBACK TO SAVEPOINT tandem_write")
+                                    .await
+                                    .map_err(|e| pg_err("rolling back a write", e))?;
+                                out.push(Err(row_err));
+                            }
+                            None => {
+                                let _ = c.batch_execute("ROLLBACK").await;
+                                return Err(pg_err(format_args!("applying to {label}"), e));
+                            }
+                        }
+                    }
+                }
+                c.batch_execute("RELEASE SAVEPOINT tandem_write")
+                    .await
+                    .map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+            }
+            c.batch_execute("COMMIT").await.map_err(|e| pg_err(format_args!("committing to {label}"), e))?;
+            Ok::<_, ConnectorError>(out)
+        });
+        match out {
+            Ok(out) => {
+                self.origin_ready = true;
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn created(&mut self, intent: &str) -> Result<Option<Key>, ConnectorError> {
+        let q = self.qualified();
+        let row = self
+            .block(async {
+                let exists = self
+                    .client
+                    .query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'intents'", &[])
+                    .await?;
+                if exists.is_none() {
+                    return Ok(None);
+                }
+                self.client.query_opt("SELECT pk FROM _tandem.intents WHERE id = $1 AND tbl = $2", &[&intent, &q]).await
+            })
+            .map_err(|e| pg_err("reading intents", e))?;
+        Ok(row.and_then(|r| Key::parse(&r.get::<_, String>(0))))
+    }
+
+    fn forget_intents(&mut self, ids: &[String]) -> Result<(), ConnectorError> {
+        let ids = ids.to_vec();
+        self.block(self.client.execute("DELETE FROM _tandem.intents WHERE id = ANY($1)", &[&ids]))
+            .map_err(|e| pg_err("forgetting intents", e))?;
+        Ok(())
+    }
+
+    fn backlog(&mut self, _after: u64) -> Result<Option<u64>, ConnectorError> {
+        Ok(None)
+    }
+
+    fn uninstall(&mut self) -> Result<String, ConnectorError> {
+        self.stop_capture();
+        let (slot, publication, q) = (self.slot.clone(), self.publication.clone(), self.qualified());
+        self.block(async {
+            let c = &self.client;
+            c.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+            c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&publication))).await?;
+            c.execute(
+                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1",
+                &[&slot],
+            )
+            .await?;
+            if c.query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'intents'", &[])
+                .await?
+                .is_some()
+            {
+                c.execute("DELETE FROM _tandem.intents WHERE tbl = $1", &[&q]).await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        })
+        .map_err(|e| pg_err("removing capture", e))?;
+        Ok(format!("removed slot {slot}, publication {publication} and origin {slot} from {}", self.label()))
+    }
+}
