@@ -480,6 +480,10 @@ impl Connector for PgTable {
             .map_err(|e| pg_err("reading publications", e))?
             .is_some();
         Ok(match slot {
+            None if published => CaptureState::Lost(format!(
+                "replication slot {} does not exist (it was dropped, or the server was restored); recreate nothing by hand",
+                self.slot
+            )),
             None => CaptureState::Missing,
             Some(_) if !published => CaptureState::Lost(format!(
                 "publication {} no longer includes the table, so changes were not published",

@@ -119,3 +119,48 @@ impl Drop for Kill {
         let _ = self.0.wait();
     }
 }
+
+/// Runs SQL through `psql` on the local PostgreSQL (the machine's server, trust auth);
+/// returns the unaligned output (`|` between fields, one row a line).
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-Atq", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// A database of its own for one test; dropped (with Tandem's slots and origins) at the end.
+pub struct PgDb(pub String);
+
+impl PgDb {
+    pub fn new(name: &str) -> PgDb {
+        let db = format!("tandem_t_{name}_{}", fastrand::u32(..));
+        psql("postgres", &format!("CREATE DATABASE {db}"));
+        PgDb(db)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        psql(&self.0, sql)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let db = &self.0;
+        // One statement per -c: DROP DATABASE cannot run inside the transaction that psql
+        // wraps around a multi-statement string.
+        let _ = Command::new("psql")
+            .args(["-X", "-Atq", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args(["-c", &format!("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '{db}' AND active_pid IS NOT NULL")])
+            .args(["-c", &format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}'")])
+            .args(["-c", &format!("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE 'tandem_{db}_%'")])
+            .args(["-c", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")])
+            .output();
+    }
+}

@@ -1,0 +1,357 @@
+//! PostgreSQL ↔ PostgreSQL and PostgreSQL ↔ SQLite against the machine's server (logical
+//! replication set up by scripts/pg-setup). Each test makes its own databases.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TYPES_TABLE: &str = "CREATE TABLE items (
+    id bigserial PRIMARY KEY, s smallint, i integer, b bigint, n numeric(20,6), r real, d double precision,
+    t text, v varchar(20), flag boolean, day date, tm time, ts timestamp, tstz timestamptz, u uuid,
+    j json, jb jsonb, bin bytea, ints integer[], texts text[])";
+
+const TYPE_COLUMNS: &[&str] = &[
+    "s", "i", "b", "n", "r", "d", "t", "v", "flag", "day", "tm", "ts", "tstz", "u", "j", "jb", "bin", "ints", "texts",
+];
+
+fn all_values(db: &PgDb) -> String {
+    let cols: Vec<String> = TYPE_COLUMNS.iter().map(|c| format!("coalesce({c}::text, '<null>')")).collect();
+    db.sql(&format!("SELECT {} FROM items ORDER BY t NULLS FIRST, i", cols.join(" || '|' || ")))
+}
+
+fn pg_pair_config(dir: &TempDir, a: &PgDb, b: &PgDb) -> std::path::PathBuf {
+    let fields: String =
+        TYPE_COLUMNS.iter().map(|c| format!("[[sync.fields]]\nleft = \"{c}\"\nright = \"{c}\"\n")).collect();
+    let cfg = format!(
+        "state = \"state.db\"\n[systems.a]\nkind = \"postgres\"\nurl = \"{}\"\n[systems.b]\nkind = \"postgres\"\nurl = \"{}\"\n[[sync]]\nname = \"items\"\nleft = {{ system = \"a\", table = \"items\" }}\nright = {{ system = \"b\", table = \"items\" }}\n{fields}",
+        a.url(),
+        b.url()
+    );
+    let path = dir.path("tandem.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+#[test]
+fn pg_to_pg_keeps_every_type_exact_both_ways() {
+    let (a, b) = (PgDb::new("types_a"), PgDb::new("types_b"));
+    a.sql(TYPES_TABLE);
+    b.sql(TYPES_TABLE);
+    a.sql(
+        "INSERT INTO items (s, i, b, n, r, d, t, v, flag, day, tm, ts, tstz, u, j, jb, bin, ints, texts) VALUES
+         (-32768, 2147483647, -9223372036854775808, 12345678901234.123456, 1.5, 0.1, 'text ✓ 🦀 \"quoted\" ''single''', 'varchar', true,
+          '2026-11-26', '13:14:15.5', '2026-11-26 13:14:15.123456', '2026-11-26 13:14:15.5+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+          '{\"a\": [1, 2.5, null]}', '{\"b\": {\"c\": true}}', '\\x00ff10', '{1,NULL,3}', '{\"x y\",\"\",NULL}'),
+         (0, 0, 0, 0.000001, -0.0, 1e300, '', '', false, '0001-01-01', '00:00', '1970-01-01 00:00', '1970-01-01 00:00+00', '00000000-0000-0000-0000-000000000000',
+          '[]', '[]', '\\x', '{}', '{}'),
+         (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    );
+    let dir = TempDir::new("pgtypes");
+    let cfg = pg_pair_config(&dir, &a, &b);
+    let c = cfg.to_str().unwrap();
+    let check = tandem(&["check", "-c", c]);
+    assert!(check.status.success(), "{}", text(&check));
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("a → b: 3 created"), "{}", text(&out));
+    assert_eq!(all_values(&a), all_values(&b));
+    assert!(all_values(&b).contains("12345678901234.123456") && all_values(&b).contains("🦀"));
+
+    // Edits on b flow back exactly, NULL and '' stay apart.
+    b.sql("UPDATE items SET n = 0.5, t = NULL, texts = '{a,b}', jb = '{\"z\": 1}' WHERE i = 2147483647; UPDATE items SET v = NULL WHERE v = ''");
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("b → a: 0 created, 2 updated"), "{}", text(&out));
+    assert_eq!(all_values(&a), all_values(&b));
+    assert_eq!(a.sql("SELECT count(*) FROM items WHERE t = ''"), "1");
+    assert_eq!(a.sql("SELECT count(*) FROM items WHERE v IS NULL"), "2");
+
+    // A delete propagates; then the pair is idle: no row is written on either side.
+    a.sql("DELETE FROM items WHERE i = 0");
+    assert!(tandem(&["run", "--once", "-c", c]).status.success());
+    assert_eq!(b.sql("SELECT count(*) FROM items"), "2");
+    let versions = |db: &PgDb| db.sql("SELECT string_agg(xmin::text, ',' ORDER BY id) FROM items");
+    let before = (versions(&a), versions(&b));
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(text(&out).contains("a → b: 0 created, 0 updated, 0 deleted"), "{}", text(&out));
+    assert_eq!(before, (versions(&a), versions(&b)), "an idle run wrote rows");
+    // The slots are acknowledged up to the server's position: WAL does not pile up.
+    let lag = a.sql(&format!(
+        "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE database = '{}'",
+        a.0
+    ));
+    assert!(lag.parse::<i64>().unwrap() < 1_000_000, "slot lag {lag} bytes");
+}
+
+fn crm_erp_config(dir: &TempDir, crm: &PgDb, extra: &str) -> std::path::PathBuf {
+    db(&dir.path("erp.db"))
+        .execute_batch(
+            "CREATE TABLE customers (customer_no INTEGER PRIMARY KEY AUTOINCREMENT, first_name TEXT NOT NULL, last_name TEXT,
+             user_email TEXT, phone_number TEXT, payment_terms TEXT NOT NULL DEFAULT 'NET30', notes TEXT, credit REAL)",
+        )
+        .unwrap();
+    crm.sql(
+        "CREATE TABLE contacts (id bigserial PRIMARY KEY, full_name text, email_address text, phone text,
+         payment_terms text, notes text, credit numeric(12,2), updated_at timestamptz DEFAULT now())",
+    );
+    let cfg = format!(
+        r#"state = "state.db"
+batch_size = 200
+poll_interval_ms = 50
+[systems.crm]
+kind = "postgres"
+url = "{}"
+[systems.erp]
+kind = "sqlite"
+path = "erp.db"
+[[sync]]
+name = "people"
+left = {{ system = "crm", table = "contacts" }}
+right = {{ system = "erp", table = "customers" }}
+match_on = {{ left = "email_address", right = "user_email", case_insensitive = true }}
+conflict = "latest"
+{extra}
+[sync.defaults.erp]
+payment_terms = "NET30"
+[[sync.fields]]
+left = "full_name"
+right = ["first_name", "last_name"]
+transform = "split_name"
+[[sync.fields]]
+left = "email_address"
+right = "user_email"
+[[sync.fields]]
+left = "phone"
+right = "phone_number"
+[[sync.fields]]
+left = "credit"
+right = "credit"
+[[sync.fields]]
+left = "payment_terms"
+right = "payment_terms"
+transform = {{ map = {{ "Net 30 days" = "NET30", "Due on receipt" = "DUE" }} }}
+only_from = "erp"
+[[sync.fields]]
+left = "notes"
+right = "notes"
+conflict = "hold"
+"#,
+        crm.url()
+    );
+    let path = dir.path("tandem.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+#[test]
+fn pg_to_sqlite_with_matching_rules_conflicts_and_deletes() {
+    let crm = PgDb::new("crm");
+    let dir = TempDir::new("pgcrm");
+    let cfg = crm_erp_config(&dir, &crm, "");
+    let c = cfg.to_str().unwrap();
+    crm.sql("INSERT INTO contacts (full_name, email_address, phone, credit) VALUES ('Ada Lovelace', 'ada@x', '1', 100.50), ('Alan Turing', 'alan@x', '2', NULL)");
+    let erp = db(&dir.path("erp.db"));
+    erp.execute_batch("INSERT INTO customers (first_name, last_name, user_email, payment_terms, notes) VALUES ('Ada', 'Lovelace', 'ADA@x', 'DUE', 'vip'), ('Grace', 'Hopper', 'grace@x', 'NET30', NULL)").unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("1 linked by match_on") && t.contains("crm → erp: 1 created") && t.contains("erp → crm: 1 created"),
+        "{t}"
+    );
+    assert_eq!(
+        crm.sql("SELECT full_name, payment_terms, notes, credit FROM contacts WHERE email_address = 'ada@x'"),
+        "Ada Lovelace|Due on receipt|vip|100.50"
+    );
+    assert_eq!(
+        rows(&erp, "SELECT first_name, last_name, credit FROM customers WHERE user_email = 'alan@x'"),
+        vec![vec!["Alan", "Turing", "NULL"]]
+    );
+
+    // Both sides edit Ada: phone under `latest` (the ERP edits last), notes under `hold`.
+    crm.sql("UPDATE contacts SET phone = 'crm phone', notes = 'crm note' WHERE email_address = 'ada@x'");
+    std::thread::sleep(Duration::from_millis(20));
+    erp.execute(
+        "UPDATE customers SET phone_number = 'erp phone', notes = 'erp note' WHERE lower(user_email) = 'ada@x'",
+        [],
+    )
+    .unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(crm.sql("SELECT phone, notes FROM contacts WHERE email_address = 'ada@x'"), "erp phone|crm note");
+    assert_eq!(
+        rows(&erp, "SELECT phone_number, notes FROM customers WHERE lower(user_email) = 'ada@x'"),
+        vec![vec!["erp phone", "erp note"]]
+    );
+    let conflicts = text(&tandem(&["conflicts", "-c", c]));
+    assert!(conflicts.contains("\"crm note\"") && conflicts.contains("\"erp note\""), "{conflicts}");
+    let audit = text(&tandem(&["audit", "-c", c]));
+    assert!(audit.contains("field phone") && audit.contains("erp wins by rule latest"), "{audit}");
+    let resolved = tandem(&["conflicts", "-c", c, "--resolve", "1", "--take", "left"]);
+    assert!(resolved.status.success(), "{}", text(&resolved));
+    assert_eq!(rows(&erp, "SELECT notes FROM customers WHERE lower(user_email) = 'ada@x'"), vec![vec!["crm note"]]);
+
+    // A CRM edit of the ERP-owned payment terms is put back.
+    crm.sql("UPDATE contacts SET payment_terms = 'Net 30 days' WHERE email_address = 'ada@x'");
+    assert!(tandem(&["run", "--once", "-c", c]).status.success());
+    assert_eq!(crm.sql("SELECT payment_terms FROM contacts WHERE email_address = 'ada@x'"), "Due on receipt");
+
+    // Deletes propagate both ways.
+    crm.sql("DELETE FROM contacts WHERE email_address = 'alan@x'");
+    erp.execute("DELETE FROM customers WHERE user_email = 'grace@x'", []).unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(
+        text(&out).contains("crm → erp: 0 created, 0 updated, 1 deleted")
+            && text(&out).contains("erp → crm: 0 created, 0 updated, 1 deleted"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(crm.sql("SELECT string_agg(email_address, ',') FROM contacts"), "ada@x");
+    assert_eq!(rows(&erp, "SELECT user_email FROM customers"), vec![vec!["ada@x"]]);
+
+    // Idle: no row version changes in PostgreSQL, no byte changes in SQLite.
+    drop(erp);
+    let xmins = crm.sql("SELECT string_agg(xmin::text, ',') FROM contacts");
+    let bytes = std::fs::read(dir.path("erp.db")).unwrap();
+    assert!(tandem(&["run", "--once", "-c", c]).status.success());
+    assert_eq!(xmins, crm.sql("SELECT string_agg(xmin::text, ',') FROM contacts"));
+    assert!(bytes == std::fs::read(dir.path("erp.db")).unwrap(), "idle run wrote to SQLite");
+}
+
+#[test]
+fn a_dropped_slot_is_detected_and_named() {
+    let crm = PgDb::new("slot");
+    let dir = TempDir::new("pgslot");
+    let cfg = crm_erp_config(&dir, &crm, "");
+    let c = cfg.to_str().unwrap();
+    crm.sql("INSERT INTO contacts (full_name, email_address) VALUES ('Ada Lovelace', 'ada@x')");
+    assert!(tandem(&["run", "--once", "-c", c]).status.success());
+    let slot = crm.sql(&format!("SELECT slot_name FROM pg_replication_slots WHERE database = '{}'", crm.0));
+    assert!(slot.starts_with("tandem_"), "{slot}");
+    crm.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+    crm.sql("UPDATE contacts SET phone = 'while blind'");
+    let out = tandem(&["run", "--once", "-c", c]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("replication slot {slot} does not exist"))
+            && t.contains("on_position_lost = \"resnapshot\""),
+        "{t}"
+    );
+    assert_eq!(rows(&db(&dir.path("erp.db")), "SELECT phone_number FROM customers"), vec![vec!["NULL"]]);
+    // With resnapshot configured, the change made while blind arrives.
+    let cfg2 = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("conflict = \"latest\"\n", "conflict = \"latest\"\non_position_lost = \"resnapshot\"\n");
+    std::fs::write(&cfg, cfg2).unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(rows(&db(&dir.path("erp.db")), "SELECT phone_number FROM customers"), vec![vec!["while blind"]]);
+}
+
+#[test]
+fn sigkill_during_load_and_stream_converges_without_duplicates() {
+    let crm = PgDb::new("kill");
+    let dir = TempDir::new("pgkill");
+    let cfg = crm_erp_config(&dir, &crm, "");
+    let c = cfg.to_str().unwrap().to_string();
+    crm.sql("INSERT INTO contacts (full_name, email_address, phone) SELECT 'Seed ' || g, 'seed' || g || '@x', g::text FROM generate_series(1, 3000) g");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let crm_db = crm.0.clone();
+        let erp_path = dir.path("erp.db");
+        std::thread::spawn(move || {
+            let erp = db(&erp_path);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                psql(
+                    &crm_db,
+                    &format!(
+                        "INSERT INTO contacts (full_name, email_address) VALUES ('Pg {n}', 'pg{n}@x');
+                         UPDATE contacts SET phone = 'p{n}' WHERE id = (SELECT id FROM contacts ORDER BY random() LIMIT 1);
+                         DELETE FROM contacts WHERE id = (SELECT id FROM contacts WHERE {n} % 7 = 0 ORDER BY random() LIMIT 1);"
+                    ),
+                );
+                erp.execute(
+                    "INSERT INTO customers (first_name, last_name, user_email) VALUES ('Lite', ?1, ?2)",
+                    [format!("{n}"), format!("lite{n}@x")],
+                )
+                .unwrap();
+                erp.execute("UPDATE customers SET notes = ?1 WHERE customer_no = (SELECT customer_no FROM customers ORDER BY random() LIMIT 1)", [format!("n{n}")]).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut rng = fastrand::Rng::new();
+    for _ in 0..12 {
+        let child = Kill(
+            Command::new(bin())
+                .args(["run", "-c", &c])
+                .env("TANDEM_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(rng.u64(100..900)));
+        drop(child);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let out = tandem(&["run", "--once", "-c", &c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pg = crm.sql("SELECT lower(email_address) || '|' || coalesce(full_name, '') || '|' || coalesce(phone, '') || '|' || coalesce(notes, '') FROM contacts ORDER BY 1");
+    let erp = db(&dir.path("erp.db"));
+    let lite: Vec<String> = rows(&erp, "SELECT lower(user_email) || '|' || first_name || coalesce(' ' || last_name, '') || '|' || coalesce(phone_number, '') || '|' || coalesce(notes, '') FROM customers ORDER BY 1")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    let pg: Vec<String> = pg.lines().map(str::to_string).collect();
+    let dups = |v: &Vec<String>| v.windows(2).filter(|w| w[0].split('|').next() == w[1].split('|').next()).count();
+    assert_eq!(dups(&pg), 0, "duplicates in PostgreSQL");
+    assert_eq!(dups(&lite), 0, "duplicates in SQLite");
+    assert_eq!(pg.len(), lite.len());
+    assert!(pg == lite, "the sides did not converge");
+}
+
+#[test]
+fn writes_during_the_initial_load_are_not_lost() {
+    let crm = PgDb::new("load");
+    let dir = TempDir::new("pgload");
+    let cfg = crm_erp_config(&dir, &crm, "");
+    let c = cfg.to_str().unwrap().to_string();
+    crm.sql("INSERT INTO contacts (full_name, email_address) SELECT 'Load ' || g, 'load' || g || '@x' FROM generate_series(1, 10000) g");
+    let child = Kill(
+        Command::new(bin())
+            .args(["run", "-c", &c])
+            .env("TANDEM_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // While the load runs: edit rows at both ends of the key range and add new ones.
+    for n in 0..40 {
+        crm.sql(&format!("UPDATE contacts SET phone = 'during {n}' WHERE id IN ({}, {}); INSERT INTO contacts (full_name, email_address) VALUES ('Late {n}', 'late{n}@x')", 1 + n, 9_990 - n));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let erp = db(&dir.path("erp.db"));
+    let start = Instant::now();
+    loop {
+        let n = erp
+            .query_row("SELECT count(*) FROM customers WHERE phone_number LIKE 'during %'", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        let total = erp.query_row("SELECT count(*) FROM customers", [], |r| r.get::<_, i64>(0)).unwrap_or(0);
+        if n == 80 && total == 10_040 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "not converged: {n} edits, {total} rows");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(child);
+    assert_eq!(rows(&erp, "SELECT count(DISTINCT user_email) FROM customers"), vec![vec!["10040"]]);
+}
