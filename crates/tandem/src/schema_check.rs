@@ -39,26 +39,26 @@ fn value_fits(decl: &str, v: &Value) -> bool {
 }
 
 /// Reads a table's columns from its system; `Err((what, fix))` when the system cannot be read.
-fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, (String, String)> {
+fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, Vec<(String, String)>> {
     match &cfg.systems[system] {
         System::Sqlite { path } => {
             if !path.exists() {
-                return Err((
+                return Err(vec![(
                     format!("system `{system}`: SQLite file {} does not exist", path.display()),
                     "correct `path` (relative paths start at the config file's folder)".into(),
-                ));
+                )]);
             }
             let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
-                (
+                vec![(
                     format!("system `{system}`: cannot open {}: {e}", path.display()),
                     "check the file and its permissions".into(),
-                )
+                )]
             })?;
             let cols = table_columns(&conn, table).map_err(|e| {
-                (
+                vec![(
                     format!("system `{system}`: cannot read {}: {e}", path.display()),
                     "check that the file is a SQLite database".into(),
-                )
+                )]
             })?;
             let pks = cols.iter().filter(|c| c.pk > 0).count();
             Ok(cols
@@ -74,12 +74,24 @@ fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, 
                 .collect())
         }
         System::Postgres { url } => {
+            let missing = tandem_connectors::postgres::missing_requirements(url, table).map_err(|e| {
+                vec![(
+                    format!("system `{system}`: {e}"),
+                    "check the url, that the server runs, and that the user may connect".into(),
+                )]
+            })?;
+            if !missing.is_empty() {
+                return Err(missing
+                    .into_iter()
+                    .map(|(what, fix)| (format!("system `{system}`: {what}"), fix))
+                    .collect());
+            }
             let cols = tandem_connectors::postgres::table_columns(url, table).map_err(|e| {
-                (
+                vec![(
                     format!("system `{system}`: {e}"),
                     "check the url, that the server runs, and that the user may connect (see the README's PostgreSQL section)"
                         .into(),
-                )
+                )]
             })?;
             Ok(cols
                 .into_iter()
@@ -130,7 +142,11 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                     cols[side.index()] = c;
                     ok[side.index()] = true;
                 }
-                Err((what, fix)) => push(problems, line, what, fix),
+                Err(found) => {
+                    for (what, fix) in found {
+                        push(problems, line, what, fix);
+                    }
+                }
             }
         }
         for side in [Side::Left, Side::Right] {

@@ -355,3 +355,28 @@ fn writes_during_the_initial_load_are_not_lost() {
     drop(child);
     assert_eq!(rows(&erp, "SELECT count(DISTINCT user_email) FROM customers"), vec![vec!["10040"]]);
 }
+
+#[test]
+fn check_names_what_the_server_and_role_lack() {
+    let crm = PgDb::new("grants");
+    let dir = TempDir::new("pggrants");
+    let cfg = crm_erp_config(&dir, &crm, "");
+    let role = format!("{}_role", crm.0);
+    psql("postgres", &format!("CREATE ROLE {role} LOGIN"));
+    let text_cfg =
+        std::fs::read_to_string(&cfg).unwrap().replace("postgres://postgres@", &format!("postgres://{role}@"));
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let out = tandem(&["check", "-c", cfg.to_str().unwrap()]);
+    let t = text(&out);
+    psql("postgres", &format!("DROP ROLE {role}"));
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains(&format!("ALTER ROLE {role} WITH REPLICATION")), "{t}");
+    assert!(t.contains("GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup"), "{t}");
+    assert!(t.contains("OWNER TO"), "{t}");
+    // A literal password in the url is refused before anything connects.
+    let literal =
+        std::fs::read_to_string(&cfg).unwrap().replace(&format!("postgres://{role}@"), "postgres://postgres:hunter2@");
+    std::fs::write(&cfg, literal).unwrap();
+    let t = text(&tandem(&["check", "-c", cfg.to_str().unwrap()]));
+    assert!(t.contains("password written out") && !t.contains("hunter2"), "{t}");
+}

@@ -187,6 +187,80 @@ pub fn table_columns(url: &PgUrl, table: &str) -> Result<Vec<PgColumn>, Connecto
     })
 }
 
+/// What the server lacks for Tandem to capture and apply on `table`: `(what, fix)` pairs,
+/// empty when everything is in place. Reads only.
+pub fn missing_requirements(url: &PgUrl, table: &str) -> Result<Vec<(String, String)>, ConnectorError> {
+    let rt = runtime()?;
+    let (schema, name) = split_table(table);
+    let qualified = format!("{}.{}", ident(&schema), ident(&name));
+    let row = rt.block_on(async {
+        let client = connect(url).await?;
+        client
+            .query_one(
+                "SELECT current_setting('wal_level'),
+                        current_setting('max_replication_slots')::int8 - (SELECT count(*) FROM pg_replication_slots),
+                        current_setting('max_wal_senders')::int8,
+                        r.rolsuper, r.rolreplication,
+                        r.rolsuper OR has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE'),
+                        r.rolsuper OR has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE'),
+                        has_database_privilege(current_database(), 'CREATE'),
+                        coalesce((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = to_regclass($1)), false),
+                        current_user::text
+                 FROM pg_roles r WHERE r.rolname = current_user",
+                &[&qualified],
+            )
+            .await
+            .map_err(|e| pg_err("reading server settings", e))
+    })?;
+    let user: String = row.get(9);
+    let mut out = Vec::new();
+    let wal: String = row.get(0);
+    if wal != "logical" {
+        out.push((
+            format!("{}: wal_level is {wal}; logical replication needs `logical`", url.label()),
+            "ALTER SYSTEM SET wal_level = 'logical'; then restart PostgreSQL".to_string(),
+        ));
+    }
+    if row.get::<_, i64>(1) < 1 {
+        out.push((
+            format!("{}: no free replication slot (max_replication_slots is used up)", url.label()),
+            "raise max_replication_slots (one slot per synced PostgreSQL table) and restart".to_string(),
+        ));
+    }
+    if row.get::<_, i64>(2) < 1 {
+        out.push((
+            format!("{}: max_wal_senders is 0", url.label()),
+            "set max_wal_senders to at least the number of synced tables and restart".to_string(),
+        ));
+    }
+    let (superuser, replication): (bool, bool) = (row.get(3), row.get(4));
+    if !superuser && !replication {
+        out.push((
+            format!("{}: role {user} may not stream replication", url.label()),
+            format!("ALTER ROLE {user} WITH REPLICATION"),
+        ));
+    }
+    if !row.get::<_, bool>(5) || !row.get::<_, bool>(6) {
+        out.push((
+            format!("{}: role {user} may not use replication origins (Tandem tags its own writes with one)", url.label()),
+            format!("GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text), pg_replication_origin_create(text), pg_replication_origin_drop(text) TO {user}"),
+        ));
+    }
+    if !row.get::<_, bool>(7) {
+        out.push((
+            format!("{}: role {user} may not create Tandem's schema _tandem", url.label()),
+            format!("GRANT CREATE ON DATABASE {} TO {user}", url.dbname()),
+        ));
+    }
+    if !row.get::<_, bool>(8) && !superuser {
+        out.push((
+            format!("{}: role {user} does not own {table}, so it cannot publish it", url.label()),
+            format!("ALTER TABLE {table} OWNER TO {user} (or run Tandem as the table's owner)"),
+        ));
+    }
+    Ok(out)
+}
+
 /// Slot (and origin) name for one side of a sync: unique in the cluster, at most 63 bytes.
 pub fn slot_name(db: &str, sync: &str, side: &str) -> String {
     let clean = |s: &str| {
