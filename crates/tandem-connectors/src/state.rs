@@ -49,6 +49,7 @@ impl SqliteStore {
     /// Opens (creating when missing) the state file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|e| err(&format!("opening {}", path.display()), e))?;
+        conn.set_prepared_statement_cache_capacity(64);
         Self::init(conn)
     }
 
@@ -74,82 +75,62 @@ impl SqliteStore {
     fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> rusqlite::Result<()> {
         match op {
             Op::Cursor { sync, side, pos } => {
-                tx.execute("INSERT INTO cursors (sync, side, pos) VALUES (?1, ?2, ?3) ON CONFLICT (sync, side) DO UPDATE SET pos = excluded.pos", params![sync, side.as_str(), pos as i64])?;
+                tx.prepare_cached("INSERT INTO cursors (sync, side, pos) VALUES (?1, ?2, ?3) ON CONFLICT (sync, side) DO UPDATE SET pos = excluded.pos")?.execute(params![sync, side.as_str(), pos as i64])?;
             }
             Op::Touch { sync, side, key, at } => {
-                tx.execute(
-                    "INSERT INTO inbox (sync, side, key, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (sync, side, key) DO UPDATE SET at = max(at, excluded.at)",
-                    params![sync, side.as_str(), key.as_str(), at],
-                )?;
+                tx.prepare_cached("INSERT INTO inbox (sync, side, key, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (sync, side, key) DO UPDATE SET at = max(at, excluded.at)")?.execute(params![sync, side.as_str(), key.as_str(), at])?;
             }
             Op::Untouch { sync, side, key } => {
-                tx.execute(
-                    "DELETE FROM inbox WHERE sync = ?1 AND side = ?2 AND key = ?3",
-                    params![sync, side.as_str(), key.as_str()],
-                )?;
+                tx.prepare_cached("DELETE FROM inbox WHERE sync = ?1 AND side = ?2 AND key = ?3")?.execute(params![
+                    sync,
+                    side.as_str(),
+                    key.as_str()
+                ])?;
             }
             Op::PutLink { sync, link } => {
-                tx.execute(
-                    "DELETE FROM links WHERE sync = ?1 AND (left_key = ?2 OR right_key = ?3)",
-                    params![sync, link.left.as_str(), link.right.as_str()],
-                )?;
-                tx.execute(
+                tx.prepare_cached("DELETE FROM links WHERE sync = ?1 AND (left_key = ?2 OR right_key = ?3)")?
+                    .execute(params![sync, link.left.as_str(), link.right.as_str()])?;
+                tx.prepare_cached(
                     "INSERT INTO links (sync, left_key, right_key, base, tombstone) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        sync,
-                        link.left.as_str(),
-                        link.right.as_str(),
-                        row_to_json(&link.base),
-                        link.tombstone.map(Side::as_str)
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    sync,
+                    link.left.as_str(),
+                    link.right.as_str(),
+                    row_to_json(&link.base),
+                    link.tombstone.map(Side::as_str)
+                ])?;
             }
             Op::DropLink { sync, left } => {
-                tx.execute("DELETE FROM links WHERE sync = ?1 AND left_key = ?2", params![sync, left.as_str()])?;
+                tx.prepare_cached("DELETE FROM links WHERE sync = ?1 AND left_key = ?2")?
+                    .execute(params![sync, left.as_str()])?;
             }
             Op::PutIntent { sync, intent } => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO intents (sync, id, source, source_key, base, revisit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![sync, intent.id, intent.source.as_str(), intent.source_key.as_str(), row_to_json(&intent.base), intent.revisit],
-                )?;
+                tx.prepare_cached("INSERT OR REPLACE INTO intents (sync, id, source, source_key, base, revisit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![sync, intent.id, intent.source.as_str(), intent.source_key.as_str(), row_to_json(&intent.base), intent.revisit])?;
             }
             Op::DropIntent { sync, id } => {
-                tx.execute("DELETE FROM intents WHERE sync = ?1 AND id = ?2", params![sync, id])?;
+                tx.prepare_cached("DELETE FROM intents WHERE sync = ?1 AND id = ?2")?.execute(params![sync, id])?;
             }
             Op::OpenConflict(c) => {
-                tx.execute(
-                    "INSERT INTO conflicts (sync, left_key, right_key, field, base, left_value, right_value, opened_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![c.sync, c.left_key.as_str(), c.right_key.as_str(), c.field, c.base.as_ref().map(enc), enc(&c.left), enc(&c.right), c.opened_at],
-                )?;
+                tx.prepare_cached("INSERT INTO conflicts (sync, left_key, right_key, field, base, left_value, right_value, opened_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?.execute(params![c.sync, c.left_key.as_str(), c.right_key.as_str(), c.field, c.base.as_ref().map(enc), enc(&c.left), enc(&c.right), c.opened_at])?;
             }
             Op::RefreshConflict { id, left, right } => {
-                tx.execute(
-                    "UPDATE conflicts SET left_value = ?2, right_value = ?3 WHERE id = ?1",
-                    params![id, enc(&left), enc(&right)],
-                )?;
+                tx.prepare_cached("UPDATE conflicts SET left_value = ?2, right_value = ?3 WHERE id = ?1")?
+                    .execute(params![id, enc(&left), enc(&right)])?;
             }
             Op::CloseConflict { id, resolution } => {
-                tx.execute(
-                    "UPDATE conflicts SET resolution = ?2 WHERE id = ?1 AND resolution IS NULL",
-                    params![id, resolution],
-                )?;
+                tx.prepare_cached("UPDATE conflicts SET resolution = ?2 WHERE id = ?1 AND resolution IS NULL")?
+                    .execute(params![id, resolution])?;
             }
             Op::DeadLetter(d) => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO dead_letters (sync, side, key, field, value_type, error, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![d.sync, d.side.as_str(), d.key.as_str(), d.field, d.value_type, d.error, d.at],
-                )?;
+                tx.prepare_cached("INSERT OR REPLACE INTO dead_letters (sync, side, key, field, value_type, error, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(params![d.sync, d.side.as_str(), d.key.as_str(), d.field, d.value_type, d.error, d.at])?;
             }
             Op::ClearDeadLetter { sync, side, key } => {
-                tx.execute(
-                    "DELETE FROM dead_letters WHERE sync = ?1 AND side = ?2 AND key = ?3",
-                    params![sync, side.as_str(), key.as_str()],
-                )?;
+                tx.prepare_cached("DELETE FROM dead_letters WHERE sync = ?1 AND side = ?2 AND key = ?3")?
+                    .execute(params![sync, side.as_str(), key.as_str()])?;
             }
             Op::Audit(a) => {
-                tx.execute(
-                    "INSERT INTO audit (at, sync, kind, source, left_key, right_key, field, base, left_value, right_value, winner, rule, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                    params![
+                tx.prepare_cached("INSERT INTO audit (at, sync, kind, source, left_key, right_key, field, base, left_value, right_value, winner, rule, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")?.execute(params![
                         a.at,
                         a.sync,
                         a.kind,
@@ -163,15 +144,15 @@ impl SqliteStore {
                         a.winner.map(Side::as_str),
                         a.rule,
                         a.detail
-                    ],
-                )?;
+                    ])?;
             }
             Op::Meta { sync, name, value } => match value {
                 Some(v) => {
-                    tx.execute("INSERT INTO meta (sync, name, value) VALUES (?1, ?2, ?3) ON CONFLICT (sync, name) DO UPDATE SET value = excluded.value", params![sync, name, v])?;
+                    tx.prepare_cached("INSERT INTO meta (sync, name, value) VALUES (?1, ?2, ?3) ON CONFLICT (sync, name) DO UPDATE SET value = excluded.value")?.execute(params![sync, name, v])?;
                 }
                 None => {
-                    tx.execute("DELETE FROM meta WHERE sync = ?1 AND name = ?2", params![sync, name])?;
+                    tx.prepare_cached("DELETE FROM meta WHERE sync = ?1 AND name = ?2")?
+                        .execute(params![sync, name])?;
                 }
             },
         }

@@ -530,6 +530,194 @@ impl PgTable {
         }
     }
 
+    /// Groups of write indices that can go in one statement: inserts with the same columns,
+    /// updates with the same columns and checks; at most 1,000 each. Writes whose values do
+    /// not fit are left to the one-by-one path, which reports them.
+    fn batches(&self, writes: &[Write]) -> Vec<Vec<usize>> {
+        let mut groups: std::collections::BTreeMap<(u8, Vec<String>, Vec<String>), Vec<usize>> = Default::default();
+        for (i, w) in writes.iter().enumerate() {
+            let shape = match w {
+                Write::Insert { values, .. } if self.check_fit(values).is_ok() => {
+                    let cols = self.insert_values(values).into_keys().collect::<Vec<_>>();
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    (0, cols, Vec::new())
+                }
+                Write::Update { values, expect, .. } if self.check_fit(values).is_ok() => {
+                    (1, values.keys().cloned().collect(), expect.keys().cloned().collect())
+                }
+                _ => continue,
+            };
+            groups.entry(shape).or_default().push(i);
+        }
+        groups
+            .into_values()
+            .flat_map(|g| g.chunks(1000).map(<[usize]>::to_vec).collect::<Vec<_>>())
+            .filter(|g| g.len() > 1)
+            .collect()
+    }
+
+    /// The values an insert writes: a NULL for a NOT NULL column with a default lets the
+    /// default apply.
+    fn insert_values(&self, values: &Row) -> Row {
+        values
+            .iter()
+            .filter(|(c, v)| !(v.is_null() && self.column(c).is_some_and(|x| x.not_null && x.has_default)))
+            .map(|(c, v)| (c.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Inserts a group in one statement; `Ok(None)` asks the caller to roll it back and take
+    /// the writes one by one.
+    async fn insert_batch(
+        &self,
+        writes: &[Write],
+        group: &[usize],
+    ) -> Result<Option<Vec<Option<Key>>>, tokio_postgres::Error> {
+        let rows: Vec<(&String, Row)> = group
+            .iter()
+            .map(|i| match &writes[*i] {
+                Write::Insert { intent, values } => (intent, self.insert_values(values)),
+                _ => unreachable!("insert batches hold inserts"),
+            })
+            .collect();
+        let cols: Vec<String> = rows[0].1.keys().cloned().collect();
+        let arrays: Vec<Vec<Option<String>>> =
+            cols.iter().map(|c| rows.iter().map(|(_, r)| to_text(&r[c])).collect()).collect();
+        let unnest: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
+        let names: Vec<String> = (1..=cols.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> =
+            cols.iter().enumerate().map(|(i, c)| format!("u.c{}::{}", i + 1, self.cast(c))).collect();
+        let keys: Vec<String> = self.key.iter().map(|k| format!("{}::text", ident(k))).collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, ord) ORDER BY u.ord RETURNING {}",
+            self.qualified(),
+            cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
+            casts.join(", "),
+            unnest.join(", "),
+            names.join(", "),
+            keys.join(", ")
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+        let returned = self.client.query(&sql, &refs).await?;
+        let mut out = Vec::with_capacity(group.len());
+        let mut ids = Vec::new();
+        let mut pks = Vec::new();
+        for ((intent, _), r) in rows.iter().zip(&returned) {
+            let key_values: Vec<Value> = self
+                .key
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    from_text(self.column(k).map(|c| c.oid).unwrap_or(25), r.get::<_, Option<String>>(i).as_deref())
+                })
+                .collect();
+            if returned.len() != rows.len() || key_values.iter().any(Value::is_null) {
+                out.push(None);
+                continue;
+            }
+            let key = Key::from_values(&key_values);
+            ids.push((*intent).clone());
+            pks.push(key.as_str().to_string());
+            out.push(Some(key));
+        }
+        if out.iter().any(Option::is_none) {
+            // Roll back and leave the group to the one-by-one path (it reports the missing key).
+            return Ok(None);
+        }
+        let tbl = vec![self.qualified(); ids.len()];
+        self.client
+            .execute(
+                "INSERT INTO _tandem.intents (id, tbl, pk) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+                 ON CONFLICT (id) DO UPDATE SET tbl = excluded.tbl, pk = excluded.pk",
+                &[&ids, &tbl, &pks],
+            )
+            .await?;
+        Ok(Some(out))
+    }
+
+    /// Updates a group in one statement; records it did not update (`None`) go one by one.
+    async fn update_batch(
+        &self,
+        writes: &[Write],
+        group: &[usize],
+    ) -> Result<Option<Vec<Option<Key>>>, tokio_postgres::Error> {
+        let items: Vec<(&Key, &Row, &Row)> = group
+            .iter()
+            .map(|i| match &writes[*i] {
+                Write::Update { key, values, expect } => (key, values, expect),
+                _ => unreachable!("update batches hold updates"),
+            })
+            .collect();
+        let vcols: Vec<String> = items[0].1.keys().cloned().collect();
+        let ecols: Vec<String> = items[0].2.keys().cloned().collect();
+        let mut arrays: Vec<Vec<Option<String>>> = Vec::new();
+        for i in 0..self.key.len() {
+            arrays.push(items.iter().map(|(k, _, _)| k.values().get(i).and_then(to_text)).collect());
+        }
+        for c in &vcols {
+            arrays.push(items.iter().map(|(_, v, _)| to_text(&v[c])).collect());
+        }
+        for c in &ecols {
+            arrays.push(items.iter().map(|(_, _, e)| to_text(&e[c])).collect());
+        }
+        let nk = self.key.len();
+        let nv = vcols.len();
+        let names: Vec<String> = (1..=arrays.len()).map(|i| format!("a{i}")).collect();
+        let unnest: Vec<String> = (1..=arrays.len()).map(|i| format!("${i}::text[]")).collect();
+        let sets: Vec<String> = vcols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = u.a{}::{}", ident(c), nk + i + 1, self.cast(c)))
+            .collect();
+        let mut wh: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("t.{} = u.a{}::{}", ident(k), i + 1, self.cast(k)))
+            .collect();
+        wh.extend(
+            ecols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("t.{} IS NOT DISTINCT FROM u.a{}::{}", ident(c), nk + nv + i + 1, self.cast(c))),
+        );
+        let keys: Vec<String> = self.key.iter().map(|k| format!("t.{}::text", ident(k))).collect();
+        let sql = format!(
+            "UPDATE {} AS t SET {} FROM unnest({}) AS u({}) WHERE {} RETURNING {}",
+            self.qualified(),
+            sets.join(", "),
+            unnest.join(", "),
+            names.join(", "),
+            wh.join(" AND "),
+            keys.join(", ")
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+        let returned = self.client.query(&sql, &refs).await?;
+        let updated: std::collections::HashSet<Key> = returned
+            .iter()
+            .map(|r| {
+                Key::from_values(
+                    &self
+                        .key
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| {
+                            from_text(
+                                self.column(k).map(|c| c.oid).unwrap_or(25),
+                                r.get::<_, Option<String>>(i).as_deref(),
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        // Records not updated (changed meanwhile, or gone) go through the one-by-one path,
+        // which tells stale from deleted.
+        Ok(Some(items.iter().map(|(k, _, _)| updated.contains(k).then(|| (*k).clone())).collect()))
+    }
+
     fn stop_capture(&mut self) {
         if let Some(c) = self.capture.take() {
             self.rt.block_on(c.stop());
@@ -757,8 +945,49 @@ impl Connector for PgTable {
                     .map_err(|e| pg_err("tagging the session with Tandem's replication origin", e))?;
             }
             c.batch_execute("BEGIN").await.map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+            // Fast path: inserts and updates of the same shape go in one statement each; a
+            // batch that fails is rolled back and its writes go one by one below, where each
+            // failure is pinned to its record.
+            let mut done: Vec<Option<WriteResult>> = vec![None; writes.len()];
+            for group in self.batches(writes) {
+                c.batch_execute("SAVEPOINT tandem_batch")
+                    .await
+                    .map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+                let result = match &writes[group[0]] {
+                    Write::Insert { .. } => self.insert_batch(writes, &group).await,
+                    _ => self.update_batch(writes, &group).await,
+                };
+                match result {
+                    Ok(None) => {
+                        c.batch_execute("ROLLBACK TO SAVEPOINT tandem_batch; RELEASE SAVEPOINT tandem_batch")
+                            .await
+                            .map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+                    }
+                    Ok(Some(results)) => {
+                        for (i, r) in group.iter().zip(results) {
+                            done[*i] = r.map(Ok);
+                        }
+                        c.batch_execute("RELEASE SAVEPOINT tandem_batch")
+                            .await
+                            .map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+                    }
+                    Err(e) if e.as_db_error().is_some() => {
+                        c.batch_execute("ROLLBACK TO SAVEPOINT tandem_batch; RELEASE SAVEPOINT tandem_batch")
+                            .await
+                            .map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+                    }
+                    Err(e) => {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        return Err(pg_err(format_args!("applying to {label}"), e));
+                    }
+                }
+            }
             let mut out = Vec::with_capacity(writes.len());
-            for w in writes {
+            for (w, done) in writes.iter().zip(done) {
+                if let Some(r) = done {
+                    out.push(r);
+                    continue;
+                }
                 c.batch_execute("SAVEPOINT tandem_write")
                     .await
                     .map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
