@@ -22,6 +22,9 @@ pub struct ChangePage {
     pub touched: Vec<Touched>,
     /// The position to continue from (the last change's, or the requested one when empty).
     pub next: u64,
+    /// True when the stream had not yet caught up with the system when the page was cut:
+    /// more changes may exist already, so the pair is not idle.
+    pub behind: bool,
 }
 
 /// One write Tandem makes to a system.

@@ -73,12 +73,14 @@ pub struct Report {
     pub held: u64,
     /// Records sent to dead letters.
     pub dead_letters: u64,
+    /// A capture stream had not caught up with its system yet.
+    pub behind: bool,
 }
 
 impl Report {
     /// True when the cycle found anything to do.
     pub fn busy(&self) -> bool {
-        self.processed > 0 || self.captured != [0, 0] || self.loaded != [0, 0]
+        self.processed > 0 || self.captured != [0, 0] || self.loaded != [0, 0] || self.behind
     }
 
     /// Adds another report's counts to this one.
@@ -96,6 +98,7 @@ impl Report {
         self.decided += o.decided;
         self.held += o.held;
         self.dead_letters += o.dead_letters;
+        self.behind |= o.behind;
     }
 }
 
@@ -353,6 +356,7 @@ impl<'a> Engine<'a> {
     fn capture(&mut self, side: Side, report: &mut Report) -> Result<(), EngineError> {
         let cursor = self.store.cursor(&self.spec.name, side)?.unwrap_or(0);
         let page = self.conns[side.index()].changes(cursor, self.batch).map_err(self.conn_err(side))?;
+        report.behind |= page.behind;
         if page.touched.is_empty() && page.next <= cursor {
             return Ok(());
         }

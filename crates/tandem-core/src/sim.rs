@@ -212,7 +212,7 @@ impl Connector for MemoryTable {
         self.gate()?;
         let touched: Vec<Touched> = self.log.iter().filter(|t| t.pos > after).take(limit).cloned().collect();
         let next = touched.last().map(|t| t.pos).unwrap_or(after);
-        Ok(ChangePage { touched, next })
+        Ok(ChangePage { touched, next, behind: false })
     }
 
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError> {

@@ -835,8 +835,14 @@ impl Connector for PgTable {
             let key = self.key.clone();
             self.capture = Some(self.rt.block_on(Capture::start(cfg, key))?);
         }
+        let until: u64 = self
+            .block(self.client.query_one("SELECT (pg_current_wal_flush_lsn() - '0/0')::text", &[]))
+            .map_err(|e| pg_err("reading the WAL position", e))?
+            .get::<_, String>(0)
+            .parse()
+            .unwrap_or(0);
         let capture = self.capture.as_mut().expect("started above");
-        let page = self.rt.block_on(capture.changes(after, limit, Duration::from_millis(20)));
+        let page = self.rt.block_on(capture.changes(after, limit, until, Duration::from_secs(2)));
         if page.is_err() {
             self.stop_capture();
         }

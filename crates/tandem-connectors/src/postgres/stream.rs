@@ -164,31 +164,34 @@ impl Capture {
         self.done.iter().filter(|d| d.end > after).map(|d| d.keys.len().max(1)).sum()
     }
 
-    /// Receives events for up to `wait` (less once `limit` keys are pending), then returns the
+    /// Receives events until the stream has reached `until` (the server's flushed WAL position
+    /// when the call began) or `limit` keys are pending, for at most `wait`; then returns the
     /// complete transactions after `after`.
     pub(crate) async fn changes(
         &mut self,
         after: u64,
         limit: usize,
+        until: u64,
         wait: Duration,
     ) -> Result<ChangePage, ConnectorError> {
         let deadline = Instant::now() + wait;
-        while self.pending_keys(after) < limit {
+        let reached = |c: &Capture| c.open.is_none() && c.idle_end.max(c.done.back().map_or(0, |d| d.end)) >= until;
+        while self.pending_keys(after) < limit && !reached(self) {
             let left = deadline.saturating_duration_since(Instant::now());
-            let waited = if self.open.is_some() { Duration::from_secs(5).max(left) } else { left };
-            match tokio::time::timeout(waited, self.client.recv()).await {
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, self.client.recv()).await {
                 Ok(Ok(Some(ev))) => self.handle(ev)?,
                 Ok(Ok(None)) => return Err(err(ErrorKind::Unavailable, "the replication stream ended".into())),
                 Ok(Err(e)) => return Err(err(ErrorKind::Unavailable, format!("replication stream: {e}"))),
                 Err(_) => break,
             }
-            if self.open.is_none() && Instant::now() >= deadline {
-                break;
-            }
         }
-        let mut page = ChangePage { touched: Vec::new(), next: after };
+        let mut page = ChangePage { touched: Vec::new(), next: after, behind: !reached(self) };
         for d in self.done.iter().filter(|d| d.end > after) {
             if !page.touched.is_empty() && page.touched.len() + d.keys.len() > limit {
+                page.behind = true;
                 break;
             }
             page.touched.extend(d.keys.iter().map(|k| Touched { pos: d.end, key: k.clone(), at_ms: d.at_ms }));
