@@ -170,6 +170,8 @@ pub trait Connector {
     fn forget_intents(&mut self, ids: &[String]) -> Result<(), ConnectorError>;
     /// How many captured changes wait after `after`, where the system can count them.
     fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError>;
+    /// Roughly how many records the entity holds (for progress displays), when cheap to know.
+    fn row_estimate(&mut self) -> Result<Option<u64>, ConnectorError>;
     /// Removes what `install` put on the system; returns what was removed.
     fn uninstall(&mut self) -> Result<String, ConnectorError>;
 }

@@ -288,6 +288,10 @@ impl Connector for MemoryTable {
         Ok(Some(self.log.iter().filter(|t| t.pos > after).count() as u64))
     }
 
+    fn row_estimate(&mut self) -> Result<Option<u64>, ConnectorError> {
+        Ok(Some(self.rows.len() as u64))
+    }
+
     fn uninstall(&mut self) -> Result<String, ConnectorError> {
         self.gate()?;
         self.installed = false;

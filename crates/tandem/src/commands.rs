@@ -5,6 +5,8 @@ use crate::config::{self, Config};
 use crate::error::CliError;
 use crate::format;
 use crate::runner::{open_entity, Runner};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,10 +25,32 @@ fn load(path: &Path) -> Result<Config, CliError> {
 pub fn sync_until(runner: &mut Runner, once: bool, stop: &AtomicBool) -> Result<Vec<Report>, CliError> {
     let mut totals = vec![Report::default(); runner.cfg.syncs.len()];
     let deadline_failures = 8;
+    let terminal = std::io::stderr().is_terminal();
+    let mut bars: Vec<Option<ProgressBar>> = vec![None; runner.cfg.syncs.len()];
     loop {
         let (reports, failures) = runner.cycle();
         let mut busy = false;
         for (i, r) in reports.iter().enumerate() {
+            let loaded = r.loaded[0] + r.loaded[1];
+            if terminal && loaded > 0 {
+                // Initial load on a terminal: a bar with rows/s and ETA (log lines otherwise).
+                let name = runner.cfg.syncs[i].name.clone();
+                let estimate = runner.estimate(i);
+                let bar = bars[i].get_or_insert_with(|| {
+                    let bar = ProgressBar::new(estimate.unwrap_or(0).max(1));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix}: initial load {bar:30} {pos}/{len} rows, {per_sec}, ETA {eta}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    bar.set_prefix(name);
+                    bar
+                });
+                bar.inc(loaded);
+            } else if let Some(bar) = bars[i].take() {
+                bar.finish();
+            }
             if r.busy() {
                 busy = true;
                 tracing::info!(

@@ -134,6 +134,16 @@ impl Runner {
         (reports, failures)
     }
 
+    /// Estimated records on both sides of sync `i`, for the initial-load progress bar.
+    pub fn estimate(&mut self, i: usize) -> Option<u64> {
+        let tables = self.tables[i].as_mut()?;
+        let mut total = 0;
+        for t in tables.iter_mut() {
+            total += t.row_estimate().ok()??;
+        }
+        Some(total)
+    }
+
     /// Backlog of captured but not yet read changes of a sync's side (`None` when unknown).
     pub fn backlog(&mut self, i: usize, side: Side) -> Option<u64> {
         let mut t = open_entity(&self.cfg, i, side).ok()?;

@@ -1069,6 +1069,15 @@ impl Connector for PgTable {
         Ok(None)
     }
 
+    fn row_estimate(&mut self) -> Result<Option<u64>, ConnectorError> {
+        let q = self.qualified();
+        let row = self
+            .block(self.client.query_one("SELECT reltuples::int8 FROM pg_class WHERE oid = to_regclass($1)", &[&q]))
+            .map_err(|e| pg_err("estimating rows", e))?;
+        let n: i64 = row.get(0);
+        Ok((n >= 0).then_some(n as u64))
+    }
+
     fn uninstall(&mut self) -> Result<String, ConnectorError> {
         self.stop_capture();
         let (slot, publication, q) = (self.slot.clone(), self.publication.clone(), self.qualified());

@@ -550,6 +550,14 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
         self.count_backlog(after).map(Some)
     }
 
+    fn row_estimate(&mut self) -> Result<Option<u64>, ConnectorError> {
+        let sql = format!("SELECT count(*) FROM {}", ident(&self.table));
+        self.conn
+            .query_row(&sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| Some(n as u64))
+            .map_err(|e| sql_err(self.ctx("counting rows"), e))
+    }
+
     fn uninstall(&mut self) -> Result<String, ConnectorError> {
         self.remove_capture()
     }
