@@ -456,17 +456,7 @@ impl PgTable {
                 let p = params(values.values().map(to_text).collect());
                 let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
                 let row = self.client.query_one(&sql, &refs).await?;
-                let key_values: Vec<Value> = self
-                    .key
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        from_text(
-                            self.column(k).map(|c| c.oid).unwrap_or(25),
-                            row.get::<_, Option<String>>(i).as_deref(),
-                        )
-                    })
-                    .collect();
+                let key_values: Vec<Value> = self.returned_key(&row);
                 if key_values.iter().any(Value::is_null) {
                     return Ok(Err(RowError::new(
                         None,
@@ -528,6 +518,17 @@ impl PgTable {
                 Ok(Ok(key.clone()))
             }
         }
+    }
+
+    /// The key values in the first columns of a row returned by `RETURNING key::text, …`.
+    fn returned_key(&self, row: &tokio_postgres::Row) -> Vec<Value> {
+        self.key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                from_text(self.column(k).map(|c| c.oid).unwrap_or(25), row.get::<_, Option<String>>(i).as_deref())
+            })
+            .collect()
     }
 
     /// Groups of write indices that can go in one statement: inserts with the same columns,
@@ -605,14 +606,7 @@ impl PgTable {
         let mut ids = Vec::new();
         let mut pks = Vec::new();
         for ((intent, _), r) in rows.iter().zip(&returned) {
-            let key_values: Vec<Value> = self
-                .key
-                .iter()
-                .enumerate()
-                .map(|(i, k)| {
-                    from_text(self.column(k).map(|c| c.oid).unwrap_or(25), r.get::<_, Option<String>>(i).as_deref())
-                })
-                .collect();
+            let key_values: Vec<Value> = self.returned_key(r);
             if returned.len() != rows.len() || key_values.iter().any(Value::is_null) {
                 out.push(None);
                 continue;
@@ -695,24 +689,8 @@ impl PgTable {
         );
         let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
         let returned = self.client.query(&sql, &refs).await?;
-        let updated: std::collections::HashSet<Key> = returned
-            .iter()
-            .map(|r| {
-                Key::from_values(
-                    &self
-                        .key
-                        .iter()
-                        .enumerate()
-                        .map(|(i, k)| {
-                            from_text(
-                                self.column(k).map(|c| c.oid).unwrap_or(25),
-                                r.get::<_, Option<String>>(i).as_deref(),
-                            )
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .collect();
+        let updated: std::collections::HashSet<Key> =
+            returned.iter().map(|r| Key::from_values(&self.returned_key(r))).collect();
         // Records not updated (changed meanwhile, or gone) go through the one-by-one path,
         // which tells stale from deleted.
         Ok(Some(items.iter().map(|(k, _, _)| updated.contains(k).then(|| (*k).clone())).collect()))
