@@ -121,6 +121,8 @@ fn init_logs(format: LogFormat, default: &str) {
 }
 
 fn main() {
+    // Both rustls crypto providers are in the tree; pick one before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The demo narrates on stdout; batch log lines would only repeat it.
     init_logs(cli.log_format, if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });

@@ -400,3 +400,40 @@ fn check_names_what_the_server_and_role_lack() {
     let t = text(&tandem(&["check", "-c", cfg.to_str().unwrap()]));
     assert!(t.contains("password written out") && !t.contains("hunter2"), "{t}");
 }
+
+#[test]
+fn verify_full_checks_the_host_name_and_the_chain() {
+    let crm = PgDb::new("tls");
+    let dir = TempDir::new("pgtls");
+    let cfg = crm_erp_config(&dir, &crm, "");
+    crm.sql("INSERT INTO contacts (full_name, email_address) VALUES ('Ada Lovelace', 'ada@x')");
+    let mut cert = psql("postgres", "SHOW ssl_cert_file");
+    if !cert.starts_with('/') {
+        cert = format!("{}/{cert}", psql("postgres", "SHOW data_directory"));
+    }
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let url = crm.url();
+    let with = |from: &str, to: String| {
+        std::fs::write(&cfg, original.replace(from, &to)).unwrap();
+        cfg.to_str().unwrap().to_string()
+    };
+    // The server's certificate names localhost: a connection to 127.0.0.1 must be refused.
+    let c = with(&url, format!("{url}?sslmode=verify-full&sslrootcert={cert}"));
+    let out = tandem(&["run", "--once", "-c", &c]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.to_lowercase().contains("certificate"), "{t}");
+    // verify-ca checks the chain only, so the same address is accepted.
+    let c = with(&url, format!("{url}?sslmode=verify-ca&sslrootcert={cert}"));
+    let out = tandem(&["run", "--once", "-c", &c]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Without the right root, verify-ca is refused too.
+    let c = with(&url, format!("{url}?sslmode=verify-ca"));
+    assert!(!tandem(&["run", "--once", "-c", &c]).status.success());
+    // With the name the certificate carries, verify-full syncs over TLS.
+    let c = with(&url, format!("{}?sslmode=verify-full&sslrootcert={cert}", url.replace("127.0.0.1", "localhost")));
+    crm.sql("INSERT INTO contacts (full_name, email_address) VALUES ('Alan Turing', 'alan@x')");
+    let out = tandem(&["run", "--once", "-c", &c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(rows(&db(&dir.path("erp.db")), "SELECT count(*) FROM customers"), vec![vec!["2"]]);
+}

@@ -8,6 +8,7 @@
 
 mod codec;
 mod stream;
+mod tls;
 
 use codec::{fits, from_text, to_text};
 use pgwire_replication::{Lsn, ReplicationConfig};
@@ -50,7 +51,16 @@ fn pg_err(what: impl std::fmt::Display, e: tokio_postgres::Error) -> ConnectorEr
     };
     let msg = match e.as_db_error() {
         Some(db) => format!("{what}: {}", db.message()),
-        None => format!("{what}: {e}"),
+        None => {
+            // Name the cause too ("invalid peer certificate: NotValidForName", "connection refused").
+            let mut msg = format!("{what}: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            msg
+        }
     };
     ConnectorError { kind, message: msg, source: Some(Box::new(e)) }
 }
@@ -59,6 +69,7 @@ fn pg_err(what: impl std::fmt::Display, e: tokio_postgres::Error) -> ConnectorEr
 #[derive(Clone)]
 pub struct PgUrl {
     config: tokio_postgres::Config,
+    tls: tls::Tls,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -70,9 +81,15 @@ impl std::fmt::Debug for PgUrl {
 impl PgUrl {
     /// Parses a URL; the error never repeats the URL (it may hold a password).
     pub fn parse(url: &str) -> Result<PgUrl, String> {
-        url.parse::<tokio_postgres::Config>()
-            .map(|config| PgUrl { config })
-            .map_err(|e| format!("not a valid postgres:// URL ({e})"))
+        let (rest, tls) = tls::split_url(url)?;
+        let mut config =
+            rest.parse::<tokio_postgres::Config>().map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
+        config.ssl_mode(match tls.mode {
+            tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        Ok(PgUrl { config, tls })
     }
 
     fn host(&self) -> String {
@@ -125,14 +142,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, ConnectorError> {
 }
 
 async fn connect(url: &PgUrl) -> Result<tokio_postgres::Client, ConnectorError> {
-    let (client, connection) = url
-        .config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| pg_err(format_args!("connecting to {}", url.label()), e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let fail = |e| pg_err(format_args!("connecting to {}", url.label()), e);
+    let client = if url.tls.mode == tls::SslMode::Disable {
+        let (client, connection) = url.config.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    } else {
+        let config = tls::client_config(&url.tls).map_err(|e| ConnectorError::new(ErrorKind::Schema, e))?;
+        let connector = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+        let (client, connection) = url.config.connect(connector).await.map_err(fail)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    };
     client
         .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 1;")
         .await
@@ -807,6 +832,7 @@ impl Connector for PgTable {
                 self.publication.clone(),
             )
             .with_port(self.url.port())
+            .with_tls(tls::replication(&self.url.tls))
             .with_start_lsn(Lsn::from_u64(after))
             .with_status_interval(Duration::from_secs(1))
             .with_wakeup_interval(Duration::from_secs(1));
