@@ -88,10 +88,9 @@ impl SqliteStore {
                 ])?;
             }
             Op::PutLink { sync, link } => {
-                tx.prepare_cached("DELETE FROM links WHERE sync = ?1 AND (left_key = ?2 OR right_key = ?3)")?
-                    .execute(params![sync, link.left.as_str(), link.right.as_str()])?;
+                // OR REPLACE removes a link holding either key (primary key or unique right key).
                 tx.prepare_cached(
-                    "INSERT INTO links (sync, left_key, right_key, base, tombstone) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![
                     sync,

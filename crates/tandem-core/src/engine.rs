@@ -484,6 +484,8 @@ impl<'a> Engine<'a> {
         let mut ops = Vec::new();
         let mut confirmed: [Vec<String>; 2] = [Vec::new(), Vec::new()];
         let now = (self.now)();
+        let dead: HashSet<(Side, Key)> =
+            self.store.dead_letters(Some(&self.spec.name))?.into_iter().map(|d| (d.side, d.key)).collect();
         for (plan, res) in plans.into_iter().zip(results) {
             report.dead_letters += plan.ops_always.iter().filter(|op| matches!(op, Op::DeadLetter(_))).count() as u64;
             ops.extend(plan.ops_always);
@@ -511,6 +513,12 @@ impl<'a> Engine<'a> {
             }
             report.add(&plan.report);
             ops.extend(plan.ops_ok);
+            if let Some((side, key)) = &plan.source {
+                if dead.contains(&(*side, key.clone())) {
+                    // The record went through this time: its dead letter is settled.
+                    ops.push(Op::ClearDeadLetter { sync: self.sync(), side: *side, key: key.clone() });
+                }
+            }
             if let Some(intent) = plan.create {
                 let target = intent.source.other();
                 let Some(Ok(new_key)) = res.into_iter().next() else { continue };
@@ -526,11 +534,6 @@ impl<'a> Engine<'a> {
                 }));
                 ops.push(Op::PutLink { sync: self.sync(), link });
                 ops.push(Op::DropIntent { sync: self.sync(), id: intent.id.clone() });
-                ops.push(Op::ClearDeadLetter {
-                    sync: self.sync(),
-                    side: intent.source,
-                    key: intent.source_key.clone(),
-                });
                 if intent.revisit {
                     ops.push(Op::Touch { sync: self.sync(), side: target, key: new_key, at: 0 });
                 }
