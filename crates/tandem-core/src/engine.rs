@@ -120,6 +120,7 @@ pub struct Engine<'a> {
     conns: [&'a mut dyn Connector; 2],
     now: &'a dyn Fn() -> i64,
     batch: usize,
+    epoch: Option<String>,
 }
 
 /// Records of one inbox batch that belong together (the two sides of one link).
@@ -163,7 +164,7 @@ impl<'a> Engine<'a> {
         now: &'a dyn Fn() -> i64,
         batch: usize,
     ) -> Self {
-        Engine { spec, store, conns: [left, right], now, batch: batch.max(1) }
+        Engine { spec, store, conns: [left, right], now, batch: batch.max(1), epoch: None }
     }
 
     fn conn_err(&self, side: Side) -> impl Fn(ConnectorError) -> EngineError + use<> {
@@ -731,8 +732,12 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// This state file's epoch (part of every intent id), read once per engine.
     fn epoch(&mut self) -> Result<String, EngineError> {
-        Ok(self.store.meta("", "epoch")?.unwrap_or_default())
+        if self.epoch.is_none() {
+            self.epoch = Some(self.store.meta("", "epoch")?.unwrap_or_default());
+        }
+        Ok(self.epoch.clone().unwrap_or_default())
     }
 
     fn close_conflicts(&mut self, link: &Link, why: &str, plan: &mut GroupPlan) -> Result<(), EngineError> {
