@@ -323,16 +323,9 @@ impl<'a> Engine<'a> {
         self.recover()?;
         for side in [Side::Left, Side::Right] {
             self.load_page(side, &mut report)?;
-            self.capture(side, &mut report)?;
         }
+        self.capture(&mut report)?;
         self.process(&mut report)?;
-        if report.processed > 0 {
-            self.store.commit(vec![Op::Meta {
-                sync: self.sync(),
-                name: "last_sync".into(),
-                value: Some((self.now)().to_string()),
-            }])?;
-        }
         Ok(report)
     }
 
@@ -353,23 +346,36 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Moves one page of captured changes of a side into the inbox, with the cursor.
-    fn capture(&mut self, side: Side, report: &mut Report) -> Result<(), EngineError> {
-        let cursor = self.store.cursor(&self.spec.name, side)?.unwrap_or(0);
-        let page = self.conns[side.index()].changes(cursor, self.batch).map_err(self.conn_err(side))?;
-        report.behind |= page.behind;
-        if page.touched.is_empty() && page.next <= cursor {
+    /// Moves one page of captured changes of each side into the inbox, with the cursors, in
+    /// one commit; only then are the sources told the positions are done.
+    fn capture(&mut self, report: &mut Report) -> Result<(), EngineError> {
+        let mut ops = Vec::new();
+        let mut trims = Vec::new();
+        for side in [Side::Left, Side::Right] {
+            let cursor = self.store.cursor(&self.spec.name, side)?.unwrap_or(0);
+            let page = self.conns[side.index()].changes(cursor, self.batch).map_err(self.conn_err(side))?;
+            report.behind |= page.behind;
+            if page.touched.is_empty() && page.next <= cursor {
+                continue;
+            }
+            ops.extend(page.touched.iter().map(|t| Op::Touch {
+                sync: self.sync(),
+                side,
+                key: t.key.clone(),
+                at: t.at_ms,
+            }));
+            ops.push(Op::Cursor { sync: self.sync(), side, pos: page.next.max(cursor) });
+            report.captured[side.index()] += page.touched.len() as u64;
+            trims.push((side, page.next));
+        }
+        if ops.is_empty() {
             return Ok(());
         }
-        let mut ops: Vec<Op> = page
-            .touched
-            .iter()
-            .map(|t| Op::Touch { sync: self.sync(), side, key: t.key.clone(), at: t.at_ms })
-            .collect();
-        ops.push(Op::Cursor { sync: self.sync(), side, pos: page.next.max(cursor) });
-        report.captured[side.index()] += page.touched.len() as u64;
         self.store.commit(ops)?;
-        self.conns[side.index()].trim(page.next).map_err(self.conn_err(side))
+        for (side, upto) in trims {
+            self.conns[side.index()].trim(upto).map_err(self.conn_err(side))?;
+        }
+        Ok(())
     }
 
     fn group(&mut self, entries: Vec<InboxEntry>) -> Result<Vec<Group>, EngineError> {
@@ -541,6 +547,7 @@ impl<'a> Engine<'a> {
                 confirmed[target.index()].push(intent.id);
             }
         }
+        ops.push(Op::Meta { sync: self.sync(), name: "last_sync".into(), value: Some(now.to_string()) });
         self.store.commit(ops)?;
         self.forget(confirmed)
     }
