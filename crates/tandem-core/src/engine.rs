@@ -121,6 +121,8 @@ pub struct Engine<'a> {
     now: &'a dyn Fn() -> i64,
     batch: usize,
     epoch: Option<String>,
+    /// Open conflicts of this sync by left key, read once per batch (there are few).
+    open_conflicts: Option<HashMap<Key, Vec<Conflict>>>,
 }
 
 /// Records of one inbox batch that belong together (the two sides of one link).
@@ -164,7 +166,7 @@ impl<'a> Engine<'a> {
         now: &'a dyn Fn() -> i64,
         batch: usize,
     ) -> Self {
-        Engine { spec, store, conns: [left, right], now, batch: batch.max(1), epoch: None }
+        Engine { spec, store, conns: [left, right], now, batch: batch.max(1), epoch: None, open_conflicts: None }
     }
 
     fn conn_err(&self, side: Side) -> impl Fn(ConnectorError) -> EngineError + use<> {
@@ -422,6 +424,7 @@ impl<'a> Engine<'a> {
         if entries.is_empty() {
             return Ok(());
         }
+        self.open_conflicts = None;
         report.processed += entries.len() as u64;
         let groups = self.group(entries)?;
         let mut rows: [HashMap<Key, Row>; 2] = [HashMap::new(), HashMap::new()];
@@ -739,6 +742,18 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// Open conflicts of one record, from the per-batch map.
+    fn open_conflicts_of(&mut self, left: &Key) -> Result<Vec<Conflict>, EngineError> {
+        if self.open_conflicts.is_none() {
+            let mut map: HashMap<Key, Vec<Conflict>> = HashMap::new();
+            for c in self.store.conflicts(Some(&self.spec.name), true)? {
+                map.entry(c.left_key.clone()).or_default().push(c);
+            }
+            self.open_conflicts = Some(map);
+        }
+        Ok(self.open_conflicts.as_ref().and_then(|m| m.get(left)).cloned().unwrap_or_default())
+    }
+
     /// This state file's epoch (part of every intent id), read once per engine.
     fn epoch(&mut self) -> Result<String, EngineError> {
         if self.epoch.is_none() {
@@ -748,7 +763,7 @@ impl<'a> Engine<'a> {
     }
 
     fn close_conflicts(&mut self, link: &Link, why: &str, plan: &mut GroupPlan) -> Result<(), EngineError> {
-        for c in self.store.open_conflicts_of(&self.spec.name, &link.left)? {
+        for c in self.open_conflicts_of(&link.left)? {
             plan.ops_ok.push(Op::CloseConflict { id: c.id, resolution: why.to_string() });
         }
         Ok(())
@@ -935,7 +950,7 @@ impl<'a> Engine<'a> {
             plan.ops_first.push(Op::Audit(self.decision_audit(&link, d, "decision")));
         }
         plan.report.decided += merged.decisions.iter().filter(|d| !d.rule.starts_with("one_way")).count() as u64;
-        let open = self.store.open_conflicts_of(&self.spec.name, &link.left)?;
+        let open = self.open_conflicts_of(&link.left)?;
         for h in &merged.held {
             match open.iter().find(|c| c.field == h.field) {
                 Some(c) if c.left == h.left && c.right == h.right => {}
