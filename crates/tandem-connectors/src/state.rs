@@ -316,16 +316,6 @@ impl StateStore for SqliteStore {
         Ok(rows)
     }
 
-    fn open_conflicts_of(&mut self, sync: &str, left: &Key) -> Result<Vec<Conflict>, StoreError> {
-        let sql = format!("SELECT {CONFLICT_COLS} FROM conflicts WHERE sync = ?1 AND left_key = ?2 AND resolution IS NULL ORDER BY id");
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| err("reading conflicts", e))?;
-        let rows = stmt
-            .query_map(params![sync, left.as_str()], Self::conflict_from)
-            .and_then(|it| it.collect())
-            .map_err(|e| err("reading conflicts", e))?;
-        Ok(rows)
-    }
-
     fn dead_letters(&mut self, sync: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
         let mut stmt = self
             .conn

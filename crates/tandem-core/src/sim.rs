@@ -348,9 +348,6 @@ impl StateStore for FusedStore {
     fn conflicts(&mut self, sync: Option<&str>, open_only: bool) -> Result<Vec<crate::store::Conflict>, StoreError> {
         self.inner.conflicts(sync, open_only)
     }
-    fn open_conflicts_of(&mut self, sync: &str, left: &Key) -> Result<Vec<crate::store::Conflict>, StoreError> {
-        self.inner.open_conflicts_of(sync, left)
-    }
     fn dead_letters(&mut self, sync: Option<&str>) -> Result<Vec<crate::store::DeadLetter>, StoreError> {
         self.inner.dead_letters(sync)
     }

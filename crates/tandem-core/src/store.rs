@@ -211,8 +211,6 @@ pub trait StateStore {
     fn intents(&mut self, sync: &str) -> Result<Vec<Intent>, StoreError>;
     /// Conflicts, optionally of one sync, optionally only open ones, in id order.
     fn conflicts(&mut self, sync: Option<&str>, open_only: bool) -> Result<Vec<Conflict>, StoreError>;
-    /// Open conflicts of one record.
-    fn open_conflicts_of(&mut self, sync: &str, left: &Key) -> Result<Vec<Conflict>, StoreError>;
     /// Dead letters, optionally of one sync.
     fn dead_letters(&mut self, sync: Option<&str>) -> Result<Vec<DeadLetter>, StoreError>;
     /// The audit trail, optionally of one sync, in order.
@@ -361,15 +359,6 @@ impl StateStore for MemoryStore {
             .conflicts
             .iter()
             .filter(|c| sync.is_none_or(|s| c.sync == s) && (!open_only || c.resolution.is_none()))
-            .cloned()
-            .collect())
-    }
-
-    fn open_conflicts_of(&mut self, sync: &str, left: &Key) -> Result<Vec<Conflict>, StoreError> {
-        Ok(self
-            .conflicts
-            .iter()
-            .filter(|c| c.sync == sync && &c.left_key == left && c.resolution.is_none())
             .cloned()
             .collect())
     }
