@@ -1,6 +1,7 @@
 //! The state store in one embedded SQLite file (WAL mode): every commit is one transaction.
 
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 use tandem_core::mapping::Side;
@@ -263,6 +264,24 @@ impl StateStore for SqliteStore {
         };
         let mut stmt = self.conn.prepare_cached(sql).map_err(|e| err("reading link", e))?;
         stmt.query_row(params![sync, k.as_str()], Self::link_from).optional().map_err(|e| err("reading link", e))
+    }
+
+    fn links_of(&mut self, sync: &str, s: Side, keys: &[Key]) -> Result<HashMap<Key, Link>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = match s {
+            Side::Left => "SELECT l.left_key, l.right_key, l.base, l.tombstone FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.left_key = j.value",
+            Side::Right => "SELECT l.left_key, l.right_key, l.base, l.tombstone FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.right_key = j.value",
+        };
+        let wanted = serde_json::to_string(&keys.iter().map(Key::as_str).collect::<Vec<_>>())
+            .map_err(|e| StoreError::new(format!("encoding keys: {e}")))?;
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| err("reading links", e))?;
+        let links: Vec<Link> = stmt
+            .query_map(params![sync, wanted], Self::link_from)
+            .and_then(|it| it.collect())
+            .map_err(|e| err("reading links", e))?;
+        Ok(links.into_iter().map(|l| (l.key(s).clone(), l)).collect())
     }
 
     fn links(&mut self, sync: &str) -> Result<Vec<Link>, StoreError> {

@@ -135,6 +135,18 @@ struct Group {
     seq: i64,
 }
 
+/// A bulk page whose target transaction may or may not have committed (kept in state meta
+/// `bulk_pending:<side>` until it is known).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BulkPending {
+    /// The marker the target stores with the page.
+    id: String,
+    /// Where the load goes on after this page (`None`: the load is done).
+    next: Option<String>,
+    /// Left keys of the page's links.
+    left: Vec<String>,
+}
+
 /// What a group does, decided before anything is written.
 #[derive(Default)]
 struct GroupPlan {
@@ -262,12 +274,77 @@ impl<'a> Engine<'a> {
                 ])?;
             }
         }
+        self.choose_bulk()?;
         self.recover()?;
         Ok(report)
     }
 
+    /// A first sync into an empty side copies in bulk. When neither side has begun its initial
+    /// load, nothing is linked yet and one side's table is empty, that side has nothing to load
+    /// (its capture is already installed, so rows inserted from now on arrive as changes) and
+    /// the other side's records are created on it in batches of whole pages: one state commit
+    /// and one target transaction per page instead of per record. Records the batch path cannot
+    /// take (a key the target generates, a value that does not map, a key that is taken) go
+    /// through the one-by-one path.
+    fn choose_bulk(&mut self) -> Result<(), EngineError> {
+        for side in [Side::Left, Side::Right] {
+            let snap = self.store.meta(&self.spec.name, &format!("snapshot:{side}"))?;
+            let bulk = self.store.meta(&self.spec.name, &format!("bulk:{side}"))?;
+            if snap.as_deref() != Some("") || bulk.is_some() {
+                return Ok(());
+            }
+        }
+        if self.store.link_count(&self.spec.name)? > 0 {
+            return Ok(());
+        }
+        let mut empty = [false; 2];
+        for side in [Side::Left, Side::Right] {
+            empty[side.index()] = self.conns[side.index()].scan(None, 1).map_err(self.conn_err(side))?.is_empty();
+        }
+        for side in [Side::Left, Side::Right] {
+            let other = side.other();
+            if empty[other.index()] && !empty[side.index()] {
+                self.store.commit(vec![
+                    Op::Meta { sync: self.sync(), name: format!("bulk:{side}"), value: Some("1".into()) },
+                    Op::Meta { sync: self.sync(), name: format!("snapshot:{other}"), value: None },
+                    Op::Audit(AuditRow {
+                        kind: "load".into(),
+                        source: Some(side),
+                        detail: format!(
+                            "initial load: {} is empty, so {}'s records are created on it in batches",
+                            self.spec.system(other),
+                            self.spec.system(side)
+                        ),
+                        ..self.audit_base()
+                    }),
+                ])?;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// Finishes or abandons creates that were announced but not confirmed.
     fn recover(&mut self) -> Result<(), EngineError> {
+        for side in [Side::Left, Side::Right] {
+            let Some(text) = self.store.meta(&self.spec.name, &format!("bulk_pending:{side}"))? else { continue };
+            let pending: BulkPending = serde_json::from_str(&text)
+                .map_err(|e| EngineError::Request(format!("state: unreadable bulk_pending:{side} ({e})")))?;
+            let other = side.other();
+            if self.conns[other.index()].created(&pending.id).map_err(self.conn_err(other))?.is_some() {
+                self.finish_bulk(side, &pending, &mut Report::default())?;
+            } else {
+                // The batch never reached the target: forget its links and read the page again.
+                let mut ops: Vec<Op> = pending
+                    .left
+                    .iter()
+                    .filter_map(|k| Key::parse(k))
+                    .map(|left| Op::DropLink { sync: self.sync(), left })
+                    .collect();
+                ops.push(Op::Meta { sync: self.sync(), name: format!("bulk_pending:{side}"), value: None });
+                self.store.commit(ops)?;
+            }
+        }
         let intents = self.store.intents(&self.spec.name)?;
         if intents.is_empty() {
             return Ok(());
@@ -338,6 +415,9 @@ impl<'a> Engine<'a> {
             return Ok(());
         };
         let after = Key::parse(&after);
+        if self.store.meta(&self.spec.name, &format!("bulk:{side}"))?.is_some() {
+            return self.bulk_page(side, after, report);
+        }
         let rows = self.conns[side.index()].scan(after.as_ref(), self.batch).map_err(self.conn_err(side))?;
         let mut ops: Vec<Op> =
             rows.iter().map(|(key, _)| Op::Touch { sync: self.sync(), side, key: key.clone(), at: 0 }).collect();
@@ -346,6 +426,136 @@ impl<'a> Engine<'a> {
         report.loaded[side.index()] += rows.len() as u64;
         self.store.commit(ops)?;
         Ok(())
+    }
+
+    /// One page of a bulk initial load (see [`Engine::choose_bulk`]). The links of the page
+    /// are committed first, marked pending; the target inserts the page with a marker in one
+    /// transaction; the next commit moves the load on. After a crash, the marker says whether
+    /// the page reached the target (keep the links) or not (drop them, read the page again).
+    fn bulk_page(&mut self, side: Side, after: Option<Key>, report: &mut Report) -> Result<(), EngineError> {
+        let other = side.other();
+        let rows = self.conns[side.index()].scan(after.as_ref(), self.batch).map_err(self.conn_err(side))?;
+        let next = if rows.len() < self.batch { None } else { rows.last().map(|(k, _)| k.as_str().to_string()) };
+        report.loaded[side.index()] += rows.len() as u64;
+        let keys: Vec<Key> = rows.iter().map(|(k, _)| k.clone()).collect();
+        let linked = self.store.links_of(&self.spec.name, side, &keys)?;
+        // A field that does not flow from this side takes the target's value: read it back.
+        let one_way = self.spec.fields.iter().any(|f| !f.flow.allows_from(side));
+        let mut ops = Vec::new();
+        let mut links = Vec::new();
+        let mut sources = Vec::new();
+        let mut inserts = Vec::new();
+        let mut targets = HashSet::new();
+        for (key, row) in rows {
+            if linked.contains_key(&key) {
+                continue; // created or matched already, from a change captured meanwhile
+            }
+            if self.spec.filters[side.index()].as_ref().is_some_and(|f| !f.matches(&row)) {
+                continue;
+            }
+            let made = self.canonical(side, &key, &row).ok().and_then(|c| self.create_values(side, &key, &c).ok());
+            let target = made.as_ref().and_then(|(values, _, _)| self.conns[other.index()].key_of(values));
+            match (made, target) {
+                (Some((values, base, _)), Some(target)) if targets.insert(target.clone()) => {
+                    if one_way {
+                        ops.push(Op::Touch { sync: self.sync(), side: other, key: target.clone(), at: 0 });
+                    }
+                    links.push(self.new_link(side, key.clone(), target, base));
+                    sources.push(key);
+                    inserts.push(values);
+                }
+                // The one-by-one path creates it, or records why it cannot.
+                _ => ops.push(Op::Touch { sync: self.sync(), side, key, at: 0 }),
+            }
+        }
+        let pending = BulkPending {
+            id: format!("{}:{}:bulk:{side}:{}", self.spec.name, self.epoch()?, (self.now)()),
+            next,
+            left: links.iter().map(|l| l.left.as_str().to_string()).collect(),
+        };
+        if inserts.is_empty() {
+            ops.extend(self.bulk_done_ops(side, &pending));
+            self.store.commit(ops)?;
+            return Ok(());
+        }
+        let text = serde_json::to_string(&pending).expect("a pending batch encodes");
+        ops.extend(links.into_iter().map(|link| Op::PutLink { sync: self.sync(), link }));
+        ops.push(Op::Meta { sync: self.sync(), name: format!("bulk_pending:{side}"), value: Some(text) });
+        let n = inserts.len();
+        // The links are made durable while the target receives the rows; it commits after.
+        let mut ops = Some(ops);
+        let mut stored = Ok(());
+        let store = &mut *self.store;
+        let outcome = self.conns[other.index()].bulk_insert(&pending.id, inserts, &mut || {
+            stored = store.commit(ops.take().unwrap_or_default());
+            stored.is_ok()
+        });
+        stored?;
+        match outcome.map_err(self.conn_err(other))? {
+            Ok(()) => self.finish_bulk(side, &pending, report),
+            Err(refused) => {
+                // Nothing was written (say a user created one of these keys meanwhile): the
+                // page's records go one by one, where each gets its own outcome. The page's
+                // first commit is made here if the target refused before asking for it.
+                let mut ops: Vec<Op> = ops.take().unwrap_or_default();
+                ops.extend(
+                    pending
+                        .left
+                        .iter()
+                        .filter_map(|k| Key::parse(k))
+                        .map(|left| Op::DropLink { sync: self.sync(), left }),
+                );
+                ops.extend(sources.into_iter().map(|key| Op::Touch { sync: self.sync(), side, key, at: 0 }));
+                ops.extend(self.bulk_done_ops(side, &pending));
+                ops.push(Op::Audit(AuditRow {
+                    kind: "load".into(),
+                    source: Some(side),
+                    detail: format!(
+                        "initial load: {} refused a batch of {n} records ({refused}); they are created one by one",
+                        self.spec.system(other),
+                    ),
+                    ..self.audit_base()
+                }));
+                self.store.commit(ops)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// State changes that move a bulk load past a page.
+    fn bulk_done_ops(&self, side: Side, pending: &BulkPending) -> Vec<Op> {
+        let mut ops = vec![
+            Op::Meta { sync: self.sync(), name: format!("snapshot:{side}"), value: pending.next.clone() },
+            Op::Meta { sync: self.sync(), name: format!("bulk_pending:{side}"), value: None },
+        ];
+        if pending.next.is_none() {
+            ops.push(Op::Meta { sync: self.sync(), name: format!("bulk:{side}"), value: None });
+        }
+        ops
+    }
+
+    /// A bulk page reached the target: keep its links, move on, drop the target's marker.
+    fn finish_bulk(&mut self, side: Side, pending: &BulkPending, report: &mut Report) -> Result<(), EngineError> {
+        let other = side.other();
+        let n = pending.left.len();
+        let mut ops = self.bulk_done_ops(side, pending);
+        let (first, last) = (pending.left.first(), pending.left.last());
+        ops.push(Op::Audit(AuditRow {
+            kind: "create".into(),
+            source: Some(side),
+            detail: format!(
+                "initial load: created {n} records on {} in one batch (left keys {} … {})",
+                self.spec.system(other),
+                first.map(String::as_str).unwrap_or(""),
+                last.map(String::as_str).unwrap_or("")
+            ),
+            ..self.audit_base()
+        }));
+        self.store.commit(ops)?;
+        report.created[side.index()] += n as u64;
+        let mut ids: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        ids[other.index()].push(pending.id.clone());
+        self.forget(ids)
     }
 
     /// Moves one page of captured changes of each side into the inbox, with the cursors, in
@@ -383,11 +593,16 @@ impl<'a> Engine<'a> {
     fn group(&mut self, entries: Vec<InboxEntry>) -> Result<Vec<Group>, EngineError> {
         let mut groups: Vec<Group> = Vec::new();
         let mut index: HashMap<(Side, Key), usize> = HashMap::new();
+        let mut links = [HashMap::new(), HashMap::new()];
+        for side in [Side::Left, Side::Right] {
+            let keys: Vec<Key> = entries.iter().filter(|e| e.side == side).map(|e| e.key.clone()).collect();
+            links[side.index()] = self.store.links_of(&self.spec.name, side, &keys)?;
+        }
         for e in entries {
             let gi = match index.get(&(e.side, e.key.clone())) {
                 Some(i) => *i,
                 None => {
-                    let link = self.store.link(&self.spec.name, e.side, &e.key)?;
+                    let link = links[e.side.index()].get(&e.key).cloned();
                     let mut keys = [None, None];
                     keys[e.side.index()] = Some(e.key.clone());
                     if let Some(l) = &link {
@@ -700,34 +915,13 @@ impl<'a> Engine<'a> {
         }
 
         // A new record: create it on the other side.
-        let mut values = self.spec.defaults[other.index()].clone();
-        let mut base = Row::new();
-        let mut revisit = false;
-        for f in &self.spec.fields {
-            if !f.flow.allows_from(side) {
-                revisit = true;
-                continue;
+        let (values, base, revisit) = match self.create_values(side, &key, &canon) {
+            Ok(v) => v,
+            Err(ops) => {
+                plan.ops_always.extend(ops);
+                return Ok(());
             }
-            let v = canon.get(&f.name).cloned().unwrap_or(Value::Null);
-            // The target may fill an empty field with a default: read the record back.
-            revisit |= v.is_null();
-            match f.put(other, &v, None) {
-                Ok(cols) => values.extend(cols),
-                Err(e) => {
-                    let msg = format!("cannot map to {}: {e}", self.spec.system(other));
-                    plan.ops_always.extend(self.dead_letter(
-                        side,
-                        &key,
-                        Some(f.name.clone()),
-                        Some(e.value_type.to_string()),
-                        msg,
-                        (self.now)(),
-                    ));
-                    return Ok(());
-                }
-            }
-            base.insert(f.name.clone(), v);
-        }
+        };
         claimed.insert((side, key.clone()));
         let intent = Intent {
             id: format!("{}:{side}:{}:{}", self.spec.name, self.epoch()?, g.seq),
@@ -740,6 +934,41 @@ impl<'a> Engine<'a> {
         plan.create = Some(intent);
         plan.report.created[side.index()] += 1;
         Ok(())
+    }
+
+    /// What creating a `side` record (canonical `canon`) on the other side writes: the
+    /// column values, the base to link with, and whether the new record must be read back
+    /// (a field that does not flow from `side`, or an empty one the target may fill with a
+    /// default). Or the dead letter ops saying why it cannot be created.
+    fn create_values(&self, side: Side, key: &Key, canon: &Row) -> Result<(Row, Row, bool), Vec<Op>> {
+        let other = side.other();
+        let mut values = self.spec.defaults[other.index()].clone();
+        let mut base = Row::new();
+        let mut revisit = false;
+        for f in &self.spec.fields {
+            if !f.flow.allows_from(side) {
+                revisit = true;
+                continue;
+            }
+            let v = canon.get(&f.name).cloned().unwrap_or(Value::Null);
+            revisit |= v.is_null();
+            match f.put(other, &v, None) {
+                Ok(cols) => values.extend(cols),
+                Err(e) => {
+                    let msg = format!("cannot map to {}: {e}", self.spec.system(other));
+                    return Err(self.dead_letter(
+                        side,
+                        key,
+                        Some(f.name.clone()),
+                        Some(e.value_type.to_string()),
+                        msg,
+                        (self.now)(),
+                    ));
+                }
+            }
+            base.insert(f.name.clone(), v);
+        }
+        Ok((values, base, revisit))
     }
 
     /// Open conflicts of one record, from the per-batch map.

@@ -75,6 +75,11 @@ pub struct MemoryTable {
     /// User writes that land at the start of the next `apply`: after the engine read the
     /// records, before it writes them.
     pub interfere: Vec<(Key, Row)>,
+    /// The key column is written by the mapping: an insert that gives it keeps it (and is
+    /// refused when the key is taken), so the table supports bulk inserts.
+    pub mapped_key: bool,
+    /// Bulk inserts are refused (as a target with a clashing key or a strict column would).
+    pub refuse_bulk: bool,
 }
 
 impl MemoryTable {
@@ -94,7 +99,14 @@ impl MemoryTable {
             fuse,
             tandem_writes: 0,
             interfere: Vec::new(),
+            mapped_key: false,
+            refuse_bulk: false,
         }
+    }
+
+    /// Makes the keys this table generates start at `first` (to keep two tables' keys apart).
+    pub fn generate_keys_from(&mut self, first: i64) {
+        self.next_id = first;
     }
 
     fn record(&mut self, key: Key) {
@@ -151,11 +163,23 @@ impl MemoryTable {
                         format!("NOT NULL constraint failed: {col}"),
                     ));
                 }
-                let id = self.next_id;
-                self.next_id += 1;
+                let key = match self.key_of(values) {
+                    Some(key) if self.rows.contains_key(&key) => {
+                        return Err(RowError::new(
+                            Some(self.key_column.clone()),
+                            Some("int"),
+                            format!("UNIQUE constraint failed: {}", self.key_column),
+                        ))
+                    }
+                    Some(key) => key,
+                    None => {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        Key::from_values(&[Value::Int(id)])
+                    }
+                };
                 let mut row = values.clone();
-                row.insert(self.key_column.clone(), Value::Int(id));
-                let key = Key::from_values(&[Value::Int(id)]);
+                row.insert(self.key_column.clone(), key.values()[0].clone());
                 self.rows.insert(key.clone(), row);
                 self.intents.insert(intent.clone(), key.clone());
                 Ok(key)
@@ -297,6 +321,57 @@ impl Connector for MemoryTable {
         self.installed = false;
         self.log.clear();
         Ok("removed in-memory capture".into())
+    }
+
+    fn key_of(&self, values: &Row) -> Option<Key> {
+        match values.get(&self.key_column) {
+            Some(Value::Int(i)) if self.mapped_key => Some(Key::from_values(&[Value::Int(*i)])),
+            _ => None,
+        }
+    }
+
+    fn bulk_insert(
+        &mut self,
+        batch: &str,
+        rows: Vec<Row>,
+        before_commit: &mut dyn FnMut() -> bool,
+    ) -> Result<Result<(), RowError>, ConnectorError> {
+        self.gate()?;
+        // Refused before or after the caller's commit, depending on the batch.
+        if self.refuse_bulk && rows.len() % 2 == 1 {
+            return Ok(Err(RowError::new(None, None, "bulk insert refused up front")));
+        }
+        if !before_commit() {
+            return Err(ConnectorError::new(ErrorKind::Unavailable, "abandoned"));
+        }
+        for (key, values) in std::mem::take(&mut self.interfere) {
+            self.user_update(&key, values);
+        }
+        if self.refuse_bulk {
+            return Ok(Err(RowError::new(None, None, "bulk insert refused")));
+        }
+        let mut keys = std::collections::HashSet::new();
+        for row in &rows {
+            let Some(key) = self.key_of(row) else {
+                return Ok(Err(RowError::new(Some(self.key_column.clone()), None, "no key")));
+            };
+            if self.rows.contains_key(&key) || !keys.insert(key) {
+                return Ok(Err(RowError::new(Some(self.key_column.clone()), None, "UNIQUE constraint failed")));
+            }
+            if let Some(col) = self.not_null.iter().find(|c| row.get(*c).is_none_or(Value::is_null)) {
+                return Ok(Err(RowError::new(Some(col.clone()), None, "NOT NULL constraint failed")));
+            }
+        }
+        self.tandem_writes += rows.len() as u64;
+        for row in rows {
+            let key = self.key_of(&row).expect("checked above");
+            self.rows.insert(key, row);
+        }
+        self.intents.insert(batch.to_string(), Key::from_values(&[]));
+        if self.fuse.tick() {
+            return Err(ConnectorError::new(ErrorKind::Unavailable, "injected crash after commit"));
+        }
+        Ok(Ok(()))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::mapping::Side;
 use crate::value::{Key, Row, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A record waiting to be synced: it was changed on `side` at `at` (ms).
 #[derive(Clone, Debug, PartialEq)]
@@ -203,6 +203,16 @@ pub trait StateStore {
     fn inbox_at(&mut self, sync: &str, side: Side, key: &Key) -> Result<Option<i64>, StoreError>;
     /// The link of a record by its key on `side`.
     fn link(&mut self, sync: &str, side: Side, key: &Key) -> Result<Option<Link>, StoreError>;
+    /// The links of many records by their keys on `side` (records without a link are absent).
+    fn links_of(&mut self, sync: &str, side: Side, keys: &[Key]) -> Result<HashMap<Key, Link>, StoreError> {
+        let mut out = HashMap::new();
+        for k in keys {
+            if let Some(l) = self.link(sync, side, k)? {
+                out.insert(k.clone(), l);
+            }
+        }
+        Ok(out)
+    }
     /// All links of a sync (for checks and reconciliation).
     fn links(&mut self, sync: &str) -> Result<Vec<Link>, StoreError>;
     /// Number of links (tombstones excluded).

@@ -118,10 +118,40 @@ impl fmt::Display for Value {
     }
 }
 
+/// Serializes a value exactly as [`Value::to_json`] would, without building the JSON tree.
+struct JsonValue<'a>(&'a Value);
+
+impl serde::Serialize for JsonValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.0 {
+            Value::Null => s.serialize_unit(),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Float(f) => s.serialize_str(&f.to_string()),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Bytes(b) => {
+                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("$bytes", &hex)?;
+                m.end()
+            }
+            Value::Bool(b) => s.serialize_bool(*b),
+        }
+    }
+}
+
+struct JsonRow<'a>(&'a Row);
+
+impl serde::Serialize for JsonRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, JsonValue(v))))
+    }
+}
+
 /// Encodes a row as JSON text.
 pub fn row_to_json(row: &Row) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-    serde_json::Value::Object(map).to_string()
+    serde_json::to_string(&JsonRow(row)).expect("a row encodes as JSON")
 }
 
 /// Decodes a row written by [`row_to_json`]; anything else gives an empty row.
@@ -194,6 +224,24 @@ mod tests {
         assert!(!Value::Int(5).same(&Value::Text("05".into())));
         assert!(!Value::Null.same(&Value::Text(String::new())));
         assert!(!Value::Text("a".into()).same(&Value::Text("A".into())));
+    }
+
+    #[test]
+    fn direct_json_matches_the_json_tree() {
+        let row: Row = [
+            ("a".to_string(), Value::Null),
+            ("b".to_string(), Value::Int(-7)),
+            ("c".to_string(), Value::Float(0.1)),
+            ("d".to_string(), Value::Float(f64::INFINITY)),
+            ("e".to_string(), Value::Text("q\"\\\n€".into())),
+            ("f".to_string(), Value::Bytes(vec![0, 255])),
+            ("g".to_string(), Value::Bool(true)),
+        ]
+        .into_iter()
+        .collect();
+        let tree: serde_json::Map<String, serde_json::Value> =
+            row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        assert_eq!(row_to_json(&row), serde_json::Value::Object(tree).to_string());
     }
 
     #[test]

@@ -48,12 +48,18 @@ fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, 
                     "correct `path` (relative paths start at the config file's folder)".into(),
                 )]);
             }
-            let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
-                vec![(
-                    format!("system `{system}`: cannot open {}: {e}", path.display()),
-                    "check the file and its permissions".into(),
-                )]
-            })?;
+            // Read-write without create: a read-only connection fails on a WAL file whose last
+            // writer was killed (the WAL index must be rebuilt first), and the busy timeout
+            // waits out a writer. Nothing here writes a row.
+            let conn =
+                Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                    .and_then(|c| c.busy_timeout(std::time::Duration::from_secs(10)).map(|_| c))
+                    .map_err(|e| {
+                        vec![(
+                            format!("system `{system}`: cannot open {}: {e}", path.display()),
+                            "check the file and its permissions".into(),
+                        )]
+                    })?;
             let cols = table_columns(&conn, table).map_err(|e| {
                 vec![(
                     format!("system `{system}`: cannot read {}: {e}", path.display()),

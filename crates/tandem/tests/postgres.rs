@@ -22,10 +22,17 @@ fn all_values(db: &PgDb) -> String {
 }
 
 fn pg_pair_config(dir: &TempDir, a: &PgDb, b: &PgDb) -> std::path::PathBuf {
-    let fields: String =
-        TYPE_COLUMNS.iter().map(|c| format!("[[sync.fields]]\nleft = \"{c}\"\nright = \"{c}\"\n")).collect();
+    pg_pair_config_with(dir, a, b, &[], "")
+}
+
+fn pg_pair_config_with(dir: &TempDir, a: &PgDb, b: &PgDb, more: &[&str], top: &str) -> std::path::PathBuf {
+    let fields: String = TYPE_COLUMNS
+        .iter()
+        .chain(more)
+        .map(|c| format!("[[sync.fields]]\nleft = \"{c}\"\nright = \"{c}\"\n"))
+        .collect();
     let cfg = format!(
-        "state = \"state.db\"\n[systems.a]\nkind = \"postgres\"\nurl = \"{}\"\n[systems.b]\nkind = \"postgres\"\nurl = \"{}\"\n[[sync]]\nname = \"items\"\nleft = {{ system = \"a\", table = \"items\" }}\nright = {{ system = \"b\", table = \"items\" }}\n{fields}",
+        "state = \"state.db\"\n{top}[systems.a]\nkind = \"postgres\"\nurl = \"{}\"\n[systems.b]\nkind = \"postgres\"\nurl = \"{}\"\n[[sync]]\nname = \"items\"\nleft = {{ system = \"a\", table = \"items\" }}\nright = {{ system = \"b\", table = \"items\" }}\n{fields}",
         a.url(),
         b.url()
     );
@@ -269,6 +276,100 @@ fn a_dropped_slot_is_detected_and_named() {
     let out = tandem(&["run", "--once", "-c", c]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(rows(&db(&dir.path("erp.db")), "SELECT phone_number FROM customers"), vec![vec!["while blind"]]);
+}
+
+#[test]
+fn bulk_load_into_an_empty_side_keeps_types_and_survives_sigkill() {
+    let (a, b) = (PgDb::new("bulk_a"), PgDb::new("bulk_b"));
+    a.sql(TYPES_TABLE);
+    b.sql(TYPES_TABLE);
+    // Every type, the awkward characters of COPY's text format, NULLs; then bulk.
+    a.sql(
+        "INSERT INTO items (s, i, b, n, r, d, t, v, flag, day, tm, ts, tstz, u, j, jb, bin, ints, texts) VALUES
+         (-32768, 2147483647, -9223372036854775808, 12345678901234.123456, 1.5, 0.1, E'tab\\there\\nnew line \\\\N back\\\\slash 🦀', 'varchar', true,
+          '2026-11-26', '13:14:15.5', '2026-11-26 13:14:15.123456', '2026-11-26 13:14:15.5+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+          '{\"a\": [1, \"x\\\\ty\"]}', '{\"b\": {\"c\": true}}', '\\x00ff10', '{1,NULL,3}', '{\"x y\",\"\",NULL,\"q\\\"z\"}'),
+         (0, 0, 0, 0.000001, -0.0, 1e300, '', '', false, '0001-01-01', '00:00', '1970-01-01 00:00', '1970-01-01 00:00+00', '00000000-0000-0000-0000-000000000000',
+          '[]', '[]', '\\x', '{}', '{}'),
+         (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    );
+    a.sql("INSERT INTO items (i, n, t, day, tstz) SELECT g, g / 7.0, 'row ' || g, '2026-01-01'::date + (g % 300), now() FROM generate_series(1, 12000) g");
+    let dir = TempDir::new("pgbulk");
+    let cfg = pg_pair_config_with(&dir, &a, &b, &["id"], "batch_size = 400\n");
+    let c = cfg.to_str().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // b gets its own inserts once Tandem chose the bulk load (b was empty then).
+    let chosen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, chosen) = (stop.clone(), chosen.clone());
+        let (a_db, b_db) = (a.0.clone(), b.0.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if !chosen.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                n += 1;
+                psql(
+                    &a_db,
+                    &format!(
+                        "UPDATE items SET t = 'edited {n}' WHERE id = (SELECT id FROM items ORDER BY random() LIMIT 1);
+                         INSERT INTO items (i, t) VALUES ({n}, 'new on a {n}');
+                         DELETE FROM items WHERE id = (SELECT id FROM items WHERE {n} % 5 = 0 ORDER BY random() LIMIT 1);"
+                    ),
+                );
+                psql(&b_db, &format!("INSERT INTO items (id, i, t) VALUES ({}, {n}, 'new on b')", 1_000_000 + n));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut rng = fastrand::Rng::new();
+    for round in 0..6 {
+        let child = Kill(
+            Command::new(bin())
+                .args(["run", "-c", &c])
+                .env("TANDEM_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        if round == 0 {
+            let start = Instant::now();
+            let state = dir.path("state.db");
+            let chose = || {
+                let conn = db(&state);
+                let n = conn.query_row("SELECT count(*) FROM audit WHERE kind = 'load'", [], |r| r.get::<_, i64>(0));
+                n.unwrap_or(0) > 0
+            };
+            while !state.exists() || !chose() {
+                assert!(start.elapsed() < Duration::from_secs(30), "no bulk load was chosen");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            chosen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(150..700)));
+        drop(child);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let out = tandem(&["run", "--once", "-c", &c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let everything = |db: &PgDb| {
+        let cols: Vec<String> = TYPE_COLUMNS.iter().map(|c| format!("coalesce({c}::text, '<null>')")).collect();
+        db.sql(&format!("SELECT id || '|' || {} FROM items ORDER BY id", cols.join(" || '|' || ")))
+    };
+    let (left, right) = (everything(&a), everything(&b));
+    assert!(left.contains("tab\there") && left.contains("🦀"), "{left:.300}");
+    assert_eq!(left.lines().count(), right.lines().count(), "row counts differ");
+    assert!(left == right, "the sides did not converge");
+    assert_eq!(b.sql("SELECT count(*) FROM _tandem.intents"), "0", "batch markers left on the target");
+    let dead = text(&tandem(&["dead-letters", "-c", &c]));
+    assert!(dead.contains("no dead letters"), "{dead}");
+    let state = db(&dir.path("state.db"));
+    let batches = rows(&state, "SELECT count(*) FROM audit WHERE detail LIKE 'initial load: created % in one batch%'");
+    assert_ne!(batches, vec![vec!["0"]], "the load did not go in batches");
 }
 
 #[test]

@@ -12,6 +12,8 @@ const INT2: u32 = 21;
 const INT4: u32 = 23;
 const FLOAT4: u32 = 700;
 const FLOAT8: u32 = 701;
+const TEXT: u32 = 25;
+const VARCHAR: u32 = 1043;
 
 /// Reads a column's text form.
 pub(crate) fn from_text(type_oid: u32, text: Option<&str>) -> Value {
@@ -41,6 +43,34 @@ pub(crate) fn to_text(v: &Value) -> Option<String> {
         Value::Text(s) => Some(s.clone()),
         Value::Bytes(b) => Some(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
         Value::Bool(b) => Some(b.to_string()),
+    }
+}
+
+/// A key value as reading the column back gives it, where its text form is canonical
+/// (integers and text); `None` otherwise (or for NULL).
+pub(crate) fn key_value(type_oid: u32, v: &Value) -> Option<Value> {
+    let t = to_text(v)?;
+    match type_oid {
+        INT2 | INT4 | INT8 => t.parse().ok().map(Value::Int),
+        TEXT | VARCHAR => Some(Value::Text(t)),
+        _ => None,
+    }
+}
+
+/// Appends a value in `COPY … FROM STDIN` text format.
+pub(crate) fn copy_text(v: &Value, out: &mut Vec<u8>) {
+    let Some(t) = to_text(v) else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for b in t.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.push(b),
+        }
     }
 }
 

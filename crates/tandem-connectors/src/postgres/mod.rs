@@ -10,8 +10,9 @@ mod codec;
 mod stream;
 mod tls;
 
-use codec::{fits, from_text, to_text};
+use codec::{copy_text, fits, from_text, key_value, to_text};
 use pgwire_replication::{Lsn, ReplicationConfig};
+use std::sync::Arc;
 use std::time::Duration;
 use stream::Capture;
 use tandem_core::connector::{
@@ -121,7 +122,7 @@ impl PgUrl {
 /// One table of one PostgreSQL database.
 pub struct PgTable {
     rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
+    client: Arc<tokio_postgres::Client>,
     url: PgUrl,
     schema: String,
     table: String,
@@ -131,7 +132,13 @@ pub struct PgTable {
     publication: String,
     origin_ready: bool,
     capture: Option<Capture>,
+    /// The next page of an initial load, read ahead on the I/O thread while the engine works
+    /// on the current one: (after, limit, the query). Dropped when a change to the table is
+    /// captured or applied meanwhile, so a page is never older than a change already handled.
+    read_ahead: Option<ReadAhead>,
 }
+
+type ReadAhead = (Option<Key>, usize, tokio::task::JoinHandle<Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>>);
 
 fn runtime() -> Result<tokio::runtime::Runtime, ConnectorError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -163,6 +170,54 @@ async fn connect(url: &PgUrl) -> Result<tokio_postgres::Client, ConnectorError> 
         .await
         .map_err(|e| pg_err("setting up the session", e))?;
     Ok(client)
+}
+
+/// Copies `rows` into `qualified` with one `COPY` per set of columns (text format).
+async fn copy_rows(
+    client: Arc<tokio_postgres::Client>,
+    qualified: String,
+    rows: Vec<Row>,
+) -> Result<(), tokio_postgres::Error> {
+    use futures_util::SinkExt;
+    let mut shapes: std::collections::BTreeMap<Vec<String>, Vec<Row>> = Default::default();
+    for r in rows {
+        shapes.entry(r.keys().cloned().collect()).or_default().push(r);
+    }
+    for (cols, rows) in shapes {
+        let names: Vec<String> = cols.iter().map(|c| ident(c)).collect();
+        let sql = format!("COPY {qualified} ({}) FROM STDIN", names.join(", "));
+        let sink = client.copy_in::<_, bytes::Bytes>(&sql).await?;
+        futures_util::pin_mut!(sink);
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        for row in rows {
+            for (i, v) in row.values().enumerate() {
+                if i > 0 {
+                    buf.push(b'\t');
+                }
+                copy_text(v, &mut buf);
+            }
+            buf.push(b'\n');
+            if buf.len() >= 1 << 20 {
+                sink.send(bytes::Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)))).await?;
+            }
+        }
+        if !buf.is_empty() {
+            sink.send(bytes::Bytes::from(buf)).await?;
+        }
+        sink.finish().await?;
+    }
+    Ok(())
+}
+
+/// Runs one page query of the initial load.
+async fn scan_page(
+    client: Arc<tokio_postgres::Client>,
+    sql: String,
+    after: Option<Key>,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let p: Vec<Option<String>> = after.map(|k| k.values().iter().map(to_text).collect()).unwrap_or_default();
+    let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+    client.query(&sql, &refs).await
 }
 
 /// The columns of `schema.table` (empty when the table does not exist).
@@ -329,7 +384,7 @@ impl PgTable {
         let slot = slot_name(&url.dbname(), sync, side);
         Ok(PgTable {
             rt,
-            client,
+            client: Arc::new(client),
             url: url.clone(),
             publication: slot.clone(),
             slot,
@@ -339,6 +394,7 @@ impl PgTable {
             columns: cols,
             origin_ready: false,
             capture: None,
+            read_ahead: None,
         })
     }
 
@@ -403,6 +459,30 @@ impl PgTable {
             .await
             .map_err(|e| pg_err("creating replication origin", e))?;
         Ok(())
+    }
+
+    /// Tags this session's writes with Tandem's replication origin, so capture skips them.
+    async fn tag_session(&self) -> Result<(), ConnectorError> {
+        self.ensure_origin().await?;
+        self.client
+            .execute("SELECT pg_replication_origin_session_setup($1)", &[&self.slot])
+            .await
+            .map_err(|e| pg_err("tagging the session with Tandem's replication origin", e))?;
+        Ok(())
+    }
+
+    /// The keyset query of one page of the initial load (`$n` after-key parameters if `after`).
+    fn scan_sql(&self, after: bool, limit: usize) -> String {
+        let order: Vec<String> = self.key.iter().map(|k| format!("t.{}", ident(k))).collect();
+        let order = order.join(", ");
+        let filter = if after {
+            let marks: Vec<String> =
+                self.key.iter().enumerate().map(|(i, c)| format!("${}::text::{}", i + 1, self.cast(c))).collect();
+            format!("WHERE ({order}) > ({})", marks.join(", "))
+        } else {
+            String::new()
+        };
+        format!("SELECT {} FROM {} AS t {filter} ORDER BY {order} LIMIT {limit}", self.select_list(), self.qualified())
     }
 
     fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
@@ -847,8 +927,10 @@ impl Connector for PgTable {
             .unwrap_or(0);
         let capture = self.capture.as_mut().expect("started above");
         let page = self.rt.block_on(capture.changes(after, limit, until, Duration::from_secs(2)));
-        if page.is_err() {
-            self.stop_capture();
+        match &page {
+            Err(_) => self.stop_capture(),
+            Ok(p) if !p.touched.is_empty() => self.read_ahead = None,
+            Ok(_) => {}
         }
         page
     }
@@ -895,32 +977,23 @@ impl Connector for PgTable {
     }
 
     fn scan(&mut self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Row)>, ConnectorError> {
-        let order: Vec<String> = self.key.iter().map(|k| format!("t.{}", ident(k))).collect();
-        let order = order.join(", ");
-        let (sql, p): (String, Vec<Option<String>>) = match after {
-            None => (
-                format!("SELECT {} FROM {} AS t ORDER BY {order} LIMIT {limit}", self.select_list(), self.qualified()),
-                vec![],
-            ),
-            Some(k) => {
-                let marks: Vec<String> =
-                    self.key.iter().enumerate().map(|(i, c)| format!("${}::text::{}", i + 1, self.cast(c))).collect();
-                (
-                    format!(
-                        "SELECT {} FROM {} AS t WHERE ({order}) > ({}) ORDER BY {order} LIMIT {limit}",
-                        self.select_list(),
-                        self.qualified(),
-                        marks.join(", ")
-                    ),
-                    k.values().iter().map(to_text).collect(),
-                )
+        let label = self.label();
+        let fail = |e| pg_err(format_args!("scanning {label}"), e);
+        let rows = match self.read_ahead.take() {
+            Some((a, l, task)) if a.as_ref() == after && l == limit => {
+                self.block(task).unwrap_or_else(|e| panic!("the read-ahead task failed: {e}")).map_err(fail)?
             }
+            _ => self
+                .block(scan_page(self.client.clone(), self.scan_sql(after.is_some(), limit), after.cloned()))
+                .map_err(fail)?,
         };
-        let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
-        let rows = self
-            .block(self.client.query(&sql, &refs))
-            .map_err(|e| pg_err(format_args!("scanning {}", self.label()), e))?;
-        Ok(rows.iter().map(|r| self.row_from(r)).collect())
+        let page: Vec<(Key, Row)> = rows.iter().map(|r| self.row_from(r)).collect();
+        if page.len() == limit {
+            let last = page.last().map(|(k, _)| k.clone());
+            let sql = self.scan_sql(true, limit);
+            self.read_ahead = Some((last.clone(), limit, self.rt.spawn(scan_page(self.client.clone(), sql, last))));
+        }
+        Ok(page)
     }
 
     fn find(&mut self, column: &str, value: &Value, case_insensitive: bool) -> Result<Vec<(Key, Row)>, ConnectorError> {
@@ -944,15 +1017,13 @@ impl Connector for PgTable {
     }
 
     fn apply(&mut self, writes: &[Write]) -> Result<Vec<WriteResult>, ConnectorError> {
+        self.read_ahead = None;
         let label = self.label();
         let setup = !self.origin_ready;
         let out = self.block(async {
             let c = &self.client;
             if setup {
-                self.ensure_origin().await?;
-                c.execute("SELECT pg_replication_origin_session_setup($1)", &[&self.slot])
-                    .await
-                    .map_err(|e| pg_err("tagging the session with Tandem's replication origin", e))?;
+                self.tag_session().await?;
             }
             c.batch_execute("BEGIN").await.map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
             // Fast path: inserts and updates of the same shape go in one statement each; a
@@ -1080,6 +1151,68 @@ impl Connector for PgTable {
             .map_err(|e| pg_err("estimating rows", e))?;
         let n: i64 = row.get(0);
         Ok((n >= 0).then_some(n as u64))
+    }
+
+    fn key_of(&self, values: &Row) -> Option<Key> {
+        let vals: Option<Vec<Value>> =
+            self.key.iter().map(|k| key_value(self.column(k)?.oid, values.get(k)?)).collect();
+        Some(Key::from_values(&vals?))
+    }
+
+    fn bulk_insert(
+        &mut self,
+        batch: &str,
+        rows: Vec<Row>,
+        before_commit: &mut dyn FnMut() -> bool,
+    ) -> Result<Result<(), RowError>, ConnectorError> {
+        for r in &rows {
+            if let Err(e) = self.check_fit(r) {
+                return Ok(Err(e));
+            }
+        }
+        self.read_ahead = None;
+        let label = self.label();
+        let fail = |e| pg_err(format_args!("copying into {label}"), e);
+        if !self.origin_ready {
+            self.block(self.tag_session())?;
+            self.origin_ready = true;
+        }
+        self.block(self.client.batch_execute("BEGIN")).map_err(fail)?;
+        // The rows stream to the server on the I/O thread while the caller makes its state
+        // durable; the transaction commits only after that.
+        let copy = self.rt.spawn(copy_rows(self.client.clone(), self.qualified(), rows));
+        let go_on = before_commit();
+        let q = self.qualified();
+        self.block(async {
+            let c = &self.client;
+            let mut copied = copy.await.unwrap_or_else(|e| panic!("the COPY task failed: {e}"));
+            if copied.is_ok() && go_on {
+                copied = c
+                    .execute(
+                        "INSERT INTO _tandem.intents (id, tbl, pk) VALUES ($1, $2, '[]') ON CONFLICT (id) DO NOTHING",
+                        &[&batch, &q],
+                    )
+                    .await
+                    .map(|_| ());
+            }
+            match copied {
+                Ok(()) if go_on => {
+                    c.batch_execute("COMMIT").await.map_err(|e| pg_err(format_args!("committing to {label}"), e))?;
+                    Ok(Ok(()))
+                }
+                Ok(()) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    Err(ConnectorError::new(ErrorKind::Unavailable, format!("copy into {label} abandoned")))
+                }
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    match self.write_row_error(&e, None) {
+                        Some(refused) => Ok(Err(refused)),
+                        None => Err(fail(e)),
+                    }
+                }
+            }
+        })
     }
 
     fn uninstall(&mut self) -> Result<String, ConnectorError> {

@@ -561,4 +561,67 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
     fn uninstall(&mut self) -> Result<String, ConnectorError> {
         self.remove_capture()
     }
+
+    fn key_of(&self, values: &Row) -> Option<Key> {
+        let vals: Option<Vec<Value>> = self
+            .key
+            .iter()
+            .map(|k| {
+                let c = self.columns.iter().find(|c| &c.name == k)?;
+                match (Affinity::of(&c.decl_type), values.get(k)?) {
+                    (Affinity::Integer, Value::Int(i)) => Some(Value::Int(*i)),
+                    (Affinity::Text, Value::Text(t)) => Some(Value::Text(t.clone())),
+                    (Affinity::Text, Value::Int(i)) => Some(Value::Text(i.to_string())),
+                    _ => None,
+                }
+            })
+            .collect();
+        Some(Key::from_values(&vals?))
+    }
+
+    fn bulk_insert(
+        &mut self,
+        batch: &str,
+        rows: Vec<Row>,
+        before_commit: &mut dyn FnMut() -> bool,
+    ) -> Result<Result<(), RowError>, ConnectorError> {
+        for r in &rows {
+            if let Err(e) = self.check_fit(r) {
+                return Ok(Err(e));
+            }
+        }
+        let ctx = self.ctx("copying");
+        if !before_commit() {
+            return Err(ConnectorError::new(ErrorKind::Unavailable, format!("{ctx}: abandoned")));
+        }
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| sql_err(&ctx, e))?;
+        tx.execute("INSERT INTO _tandem_session (active) VALUES (1)", []).map_err(|e| sql_err(&ctx, e))?;
+        for r in &rows {
+            let cols: Vec<String> = r.keys().map(|c| ident(c)).collect();
+            let marks: Vec<String> = (1..=r.len()).map(|i| format!("?{i}")).collect();
+            let sql = format!("INSERT INTO {} ({}) VALUES ({})", ident(&self.table), cols.join(", "), marks.join(", "));
+            let done =
+                tx.prepare_cached(&sql).and_then(|mut stmt| stmt.execute(params_from_iter(r.values().map(to_sql))));
+            match done {
+                Ok(_) => {}
+                Err(e @ rusqlite::Error::SqliteFailure(..))
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+                {
+                    // Dropping the transaction rolls it back: nothing of the batch stays.
+                    return Ok(Err(RowError::new(
+                        None,
+                        None,
+                        format!("{}:{} refused the write: {e}", self.path.display(), self.table),
+                    )));
+                }
+                Err(e) => return Err(sql_err(&ctx, e)),
+            }
+        }
+        tx.execute("INSERT OR REPLACE INTO _tandem_intents (id, tbl, pk) VALUES (?1, ?2, '[]')", [batch, &self.table])
+            .map_err(|e| sql_err(&ctx, e))?;
+        tx.execute("DELETE FROM _tandem_session", []).map_err(|e| sql_err(&ctx, e))?;
+        tx.commit().map_err(|e| sql_err(&ctx, e))?;
+        Ok(Ok(()))
+    }
 }
