@@ -89,17 +89,27 @@ impl SqliteStore {
                 ])?;
             }
             Op::PutLink { sync, link } => {
-                // OR REPLACE removes a link holding either key (primary key or unique right key).
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
+                // Most puts give an existing link a new base: update it in place (no index
+                // changes). Otherwise OR REPLACE removes a link holding either key (primary
+                // key or unique right key) and inserts this one.
+                let p = params![
                     sync,
                     link.left.as_str(),
                     link.right.as_str(),
                     row_to_json(&link.base),
                     link.tombstone.map(Side::as_str)
-                ])?;
+                ];
+                let updated = tx
+                    .prepare_cached(
+                        "UPDATE links SET base = ?4, tombstone = ?5 WHERE sync = ?1 AND left_key = ?2 AND right_key = ?3",
+                    )?
+                    .execute(p)?;
+                if updated == 0 {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(p)?;
+                }
             }
             Op::DropLink { sync, left } => {
                 tx.prepare_cached("DELETE FROM links WHERE sync = ?1 AND left_key = ?2")?

@@ -155,6 +155,9 @@ pub trait Connector {
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError>;
     /// The commit time of the latest not yet trimmed change to `key`.
     fn last_change_at(&mut self, key: &Key) -> Result<Option<i64>, ConnectorError>;
+    /// A hint that [`Connector::read`] of these keys follows: a system may start reading them
+    /// in the background (the engine reads both sides at once this way).
+    fn prefetch(&mut self, _keys: &[Key]) {}
     /// The current rows for `keys` (`None` where the record does not exist), in order.
     fn read(&mut self, keys: &[Key]) -> Result<Vec<Option<Row>>, ConnectorError>;
     /// Up to `limit` records with keys after `after`, in key order (initial load).

@@ -643,8 +643,12 @@ impl<'a> Engine<'a> {
         report.processed += entries.len() as u64;
         let groups = self.group(entries)?;
         let mut rows: [HashMap<Key, Row>; 2] = [HashMap::new(), HashMap::new()];
+        let keys: [Vec<Key>; 2] =
+            [Side::Left, Side::Right].map(|side| groups.iter().filter_map(|g| g.keys[side.index()].clone()).collect());
         for side in [Side::Left, Side::Right] {
-            let keys: Vec<Key> = groups.iter().filter_map(|g| g.keys[side.index()].clone()).collect();
+            self.conns[side.index()].prefetch(&keys[side.index()]);
+        }
+        for (side, keys) in [Side::Left, Side::Right].into_iter().zip(keys) {
             if keys.is_empty() {
                 continue;
             }

@@ -170,8 +170,8 @@ pub struct Key(String);
 impl Key {
     /// Builds a key from its column values.
     pub fn from_values(values: &[Value]) -> Key {
-        let arr: Vec<serde_json::Value> = values.iter().map(Value::to_json).collect();
-        Key(serde_json::Value::Array(arr).to_string())
+        let items: Vec<JsonValue<'_>> = values.iter().map(JsonValue).collect();
+        Key(serde_json::to_string(&items).expect("a key encodes as JSON"))
     }
 
     /// Parses the stored text form; it is re-encoded so equal keys compare equal.

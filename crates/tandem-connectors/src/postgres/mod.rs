@@ -136,9 +136,13 @@ pub struct PgTable {
     /// on the current one: (after, limit, the query). Dropped when a change to the table is
     /// captured or applied meanwhile, so a page is never older than a change already handled.
     read_ahead: Option<ReadAhead>,
+    /// Rows being read for the engine's next `read` (see `Connector::prefetch`).
+    prefetched: Option<(Vec<Key>, Pending)>,
+    decode: Arc<Decode>,
 }
 
-type ReadAhead = (Option<Key>, usize, tokio::task::JoinHandle<Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>>);
+type Pending = tokio::task::JoinHandle<Result<Vec<(Key, Row)>, tokio_postgres::Error>>;
+type ReadAhead = (Option<Key>, usize, Pending);
 
 fn runtime() -> Result<tokio::runtime::Runtime, ConnectorError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -209,15 +213,48 @@ async fn copy_rows(
     Ok(())
 }
 
+/// How result rows of `select_list` turn into records: column names and types, and where the
+/// key columns are. Shared with the I/O thread, which decodes rows it reads ahead.
+struct Decode {
+    names: Vec<String>,
+    oids: Vec<u32>,
+    key: Vec<usize>,
+}
+
+impl Decode {
+    fn row(&self, r: &tokio_postgres::Row) -> (Key, Row) {
+        let values: Vec<Value> =
+            self.oids.iter().enumerate().map(|(i, oid)| from_text(*oid, r.get::<_, Option<&str>>(i))).collect();
+        let key = Key::from_values(&self.key.iter().map(|i| values[*i].clone()).collect::<Vec<_>>());
+        (key, self.names.iter().cloned().zip(values).collect())
+    }
+
+    fn rows(&self, rows: Vec<tokio_postgres::Row>) -> Vec<(Key, Row)> {
+        rows.iter().map(|r| self.row(r)).collect()
+    }
+}
+
+/// Reads rows by key (see `PgTable::read_query`).
+async fn read_rows(
+    client: Arc<tokio_postgres::Client>,
+    sql: String,
+    arrays: Vec<Vec<Option<String>>>,
+    decode: Arc<Decode>,
+) -> Result<Vec<(Key, Row)>, tokio_postgres::Error> {
+    let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+    Ok(decode.rows(client.query(&sql, &refs).await?))
+}
+
 /// Runs one page query of the initial load.
 async fn scan_page(
     client: Arc<tokio_postgres::Client>,
     sql: String,
     after: Option<Key>,
-) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    decode: Arc<Decode>,
+) -> Result<Vec<(Key, Row)>, tokio_postgres::Error> {
     let p: Vec<Option<String>> = after.map(|k| k.values().iter().map(to_text).collect()).unwrap_or_default();
     let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
-    client.query(&sql, &refs).await
+    Ok(decode.rows(client.query(&sql, &refs).await?))
 }
 
 /// The columns of `schema.table` (empty when the table does not exist).
@@ -382,6 +419,11 @@ impl PgTable {
             }
         }
         let slot = slot_name(&url.dbname(), sync, side);
+        let decode = Arc::new(Decode {
+            names: cols.iter().map(|c| c.name.clone()).collect(),
+            oids: cols.iter().map(|c| c.oid).collect(),
+            key: key.iter().filter_map(|k| cols.iter().position(|c| &c.name == k)).collect(),
+        });
         Ok(PgTable {
             rt,
             client: Arc::new(client),
@@ -395,6 +437,8 @@ impl PgTable {
             origin_ready: false,
             capture: None,
             read_ahead: None,
+            prefetched: None,
+            decode,
         })
     }
 
@@ -419,14 +463,7 @@ impl PgTable {
     }
 
     fn row_from(&self, r: &tokio_postgres::Row) -> (Key, Row) {
-        let mut row = Row::new();
-        for (i, c) in self.columns.iter().enumerate() {
-            let text: Option<String> = r.get(i);
-            row.insert(c.name.clone(), from_text(c.oid, text.as_deref()));
-        }
-        let key =
-            Key::from_values(&self.key.iter().map(|k| row.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>());
-        (key, row)
+        self.decode.row(r)
     }
 
     fn key_match(&self, first: usize) -> String {
@@ -469,6 +506,29 @@ impl PgTable {
             .await
             .map_err(|e| pg_err("tagging the session with Tandem's replication origin", e))?;
         Ok(())
+    }
+
+    /// The query reading the rows of `keys`, with its parameters (one text array per key column).
+    fn read_query(&self, keys: &[Key]) -> (String, Vec<Vec<Option<String>>>) {
+        let arrays: Vec<Vec<Option<String>>> =
+            (0..self.key.len()).map(|i| keys.iter().map(|k| k.values().get(i).and_then(to_text)).collect()).collect();
+        let unnest: Vec<String> = (1..=self.key.len()).map(|i| format!("${i}::text[]")).collect();
+        let names: Vec<String> = (1..=self.key.len()).map(|i| format!("k{i}")).collect();
+        let on: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("t.{} = u.k{}::{}", ident(k), i + 1, self.cast(k)))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} AS t JOIN unnest({}) AS u({}) ON {}",
+            self.select_list(),
+            self.qualified(),
+            unnest.join(", "),
+            names.join(", "),
+            on.join(" AND ")
+        );
+        (sql, arrays)
     }
 
     /// The keyset query of one page of the initial load (`$n` after-key parameters if `after`).
@@ -946,34 +1006,43 @@ impl Connector for PgTable {
         Ok(None)
     }
 
+    fn prefetch(&mut self, keys: &[Key]) {
+        if keys.is_empty() {
+            return;
+        }
+        let (sql, arrays) = self.read_query(keys);
+        let task = self.rt.spawn(read_rows(self.client.clone(), sql, arrays, self.decode.clone()));
+        self.prefetched = Some((keys.to_vec(), task));
+    }
+
     fn read(&mut self, keys: &[Key]) -> Result<Vec<Option<Row>>, ConnectorError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let arrays: Vec<Vec<Option<String>>> =
-            (0..self.key.len()).map(|i| keys.iter().map(|k| k.values().get(i).and_then(to_text)).collect()).collect();
-        let unnest: Vec<String> = (1..=self.key.len()).map(|i| format!("${i}::text[]")).collect();
-        let names: Vec<String> = (1..=self.key.len()).map(|i| format!("k{i}")).collect();
-        let on: Vec<String> = self
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("t.{} = u.k{}::{}", ident(k), i + 1, self.cast(k)))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {} AS t JOIN unnest({}) AS u({}) ON {}",
-            self.select_list(),
-            self.qualified(),
-            unnest.join(", "),
-            names.join(", "),
-            on.join(" AND ")
-        );
-        let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
-        let rows = self
-            .block(self.client.query(&sql, &refs))
-            .map_err(|e| pg_err(format_args!("reading {}", self.label()), e))?;
-        let found: std::collections::HashMap<Key, Row> = rows.iter().map(|r| self.row_from(r)).collect();
-        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+        let label = self.label();
+        let fail = |e| pg_err(format_args!("reading {label}"), e);
+        let rows = match self.prefetched.take() {
+            Some((k, task)) if k == keys => {
+                self.block(task).unwrap_or_else(|e| panic!("the read task failed: {e}")).map_err(fail)?
+            }
+            _ => {
+                let (sql, arrays) = self.read_query(keys);
+                self.block(read_rows(self.client.clone(), sql, arrays, self.decode.clone())).map_err(fail)?
+            }
+        };
+        let mut found: std::collections::HashMap<Key, Row> = rows.into_iter().collect();
+        let mut out: Vec<Option<Row>> = Vec::with_capacity(keys.len());
+        let mut seen: std::collections::HashMap<&Key, usize> = Default::default();
+        for (i, k) in keys.iter().enumerate() {
+            // A key asked for twice gets the same row twice.
+            let row = match seen.get(k) {
+                Some(j) => out[*j].clone(),
+                None => found.remove(k),
+            };
+            seen.insert(k, i);
+            out.push(row);
+        }
+        Ok(out)
     }
 
     fn scan(&mut self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Row)>, ConnectorError> {
@@ -984,14 +1053,20 @@ impl Connector for PgTable {
                 self.block(task).unwrap_or_else(|e| panic!("the read-ahead task failed: {e}")).map_err(fail)?
             }
             _ => self
-                .block(scan_page(self.client.clone(), self.scan_sql(after.is_some(), limit), after.cloned()))
+                .block(scan_page(
+                    self.client.clone(),
+                    self.scan_sql(after.is_some(), limit),
+                    after.cloned(),
+                    self.decode.clone(),
+                ))
                 .map_err(fail)?,
         };
-        let page: Vec<(Key, Row)> = rows.iter().map(|r| self.row_from(r)).collect();
+        let page = rows;
         if page.len() == limit {
             let last = page.last().map(|(k, _)| k.clone());
             let sql = self.scan_sql(true, limit);
-            self.read_ahead = Some((last.clone(), limit, self.rt.spawn(scan_page(self.client.clone(), sql, last))));
+            let task = self.rt.spawn(scan_page(self.client.clone(), sql, last.clone(), self.decode.clone()));
+            self.read_ahead = Some((last, limit, task));
         }
         Ok(page)
     }
