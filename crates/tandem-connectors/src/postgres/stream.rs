@@ -112,6 +112,11 @@ impl Capture {
                 }
             }
             ReplicationEvent::XLogData { data, .. } => {
+                // A row change of one of Tandem's own transactions is dropped unread (the
+                // origin message comes first in a transaction); relation messages still count.
+                if self.open.as_ref().is_some_and(|t| t.own) && matches!(data.first(), Some(b'I' | b'U' | b'D')) {
+                    return Ok(());
+                }
                 let msg = self
                     .parser
                     .parse_wal_message(&data)
