@@ -551,6 +551,7 @@ impl<'a> Engine<'a> {
             ),
             ..self.audit_base()
         }));
+        ops.push(Op::Meta { sync: self.sync(), name: "last_sync".into(), value: Some((self.now)().to_string()) });
         self.store.commit(ops)?;
         report.created[side.index()] += n as u64;
         let mut ids: [Vec<String>; 2] = [Vec::new(), Vec::new()];

@@ -206,7 +206,14 @@ pub fn status(path: &Path) -> Result<(), CliError> {
         let load = [Side::Left, Side::Right]
             .iter()
             .filter_map(|s| {
-                runner.store.meta(name, &format!("snapshot:{s}")).ok().flatten().map(|_| spec.system(*s).to_string())
+                runner.store.meta(name, &format!("snapshot:{s}")).ok().flatten()?;
+                let bulk = runner.store.meta(name, &format!("bulk:{s}")).ok().flatten().is_some();
+                let into = spec.system(s.other());
+                Some(if bulk {
+                    format!("{} (copied into {into} in batches)", spec.system(*s))
+                } else {
+                    spec.system(*s).to_string()
+                })
             })
             .collect::<Vec<_>>();
         if !load.is_empty() {
