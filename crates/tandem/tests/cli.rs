@@ -300,3 +300,74 @@ fn a_lost_capture_position_stops_the_sync_or_is_reconciled_when_configured() {
     let audit = text(&tandem(&["audit", "-c", c]));
     assert!(audit.contains("resnapshot"), "{audit}");
 }
+
+#[test]
+fn a_first_load_into_an_empty_table_goes_in_batches_and_refused_rows_go_one_by_one() {
+    let dir = TempDir::new("bulk");
+    let a = db(&dir.path("a.db"));
+    a.execute_batch(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, grade TEXT, owner TEXT);
+         WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 1200)
+         INSERT INTO items (id, name, grade) SELECT x, CASE WHEN x IN (7, 500, 1111) THEN NULL ELSE 'item ' || x END, 'A' FROM g;",
+    )
+    .unwrap();
+    db(&dir.path("b.db"))
+        .execute_batch(
+            "CREATE TABLE things (no INTEGER PRIMARY KEY, title TEXT NOT NULL, grade TEXT, owner TEXT DEFAULT 'ops');",
+        )
+        .unwrap();
+    let cfg = dir.path("tandem.toml");
+    std::fs::write(
+        &cfg,
+        r#"state = "state.db"
+batch_size = 200
+[systems.a]
+kind = "sqlite"
+path = "a.db"
+[systems.b]
+kind = "sqlite"
+path = "b.db"
+[[sync]]
+name = "items"
+left = { system = "a", table = "items" }
+right = { system = "b", table = "things" }
+[[sync.fields]]
+left = "id"
+right = "no"
+[[sync.fields]]
+left = "name"
+right = "title"
+[[sync.fields]]
+left = "grade"
+right = "grade"
+[[sync.fields]]
+left = "owner"
+right = "owner"
+only_from = "b"
+"#,
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let b = db(&dir.path("b.db"));
+    assert_eq!(rows(&b, "SELECT count(*), min(no), max(no) FROM things"), vec![vec!["1197", "1", "1200"]]);
+    // Rows with a NULL name cannot go to b (title is NOT NULL): dead letters, the rest synced.
+    let dead = text(&tandem(&["dead-letters", "-c", c]));
+    assert_eq!(dead.matches("NOT NULL").count(), 3, "{dead}");
+    // The field owned by b comes back to a with b's default.
+    assert_eq!(rows(&a, "SELECT count(*) FROM items WHERE owner = 'ops'"), vec![vec!["1197"]]);
+    let state = db(&dir.path("state.db"));
+    let batches = rows(&state, "SELECT count(*) FROM audit WHERE detail LIKE 'initial load: created % in one batch%'");
+    let refused = rows(&state, "SELECT count(*) FROM audit WHERE detail LIKE 'initial load: % refused a batch%'");
+    assert_eq!((&batches[0][0][..], &refused[0][0][..]), ("3", "3"), "6 pages: 3 in one batch, 3 refused");
+    // Edits after the load flow both ways; an idle run writes nothing.
+    a.execute("UPDATE items SET grade = 'B' WHERE id = 42", []).unwrap();
+    b.execute("UPDATE things SET title = 'renamed' WHERE no = 43", []).unwrap();
+    assert!(tandem(&["run", "--once", "-c", c]).status.success());
+    assert_eq!(rows(&b, "SELECT grade FROM things WHERE no = 42"), vec![vec!["B"]]);
+    assert_eq!(rows(&a, "SELECT name FROM items WHERE id = 43"), vec![vec!["renamed"]]);
+    let idle = text(&tandem(&["run", "--once", "-c", c]));
+    assert!(idle.contains("a → b: 0 created, 0 updated, 0 deleted"), "{idle}");
+    assert!(idle.contains("b → a: 0 created, 0 updated, 0 deleted"), "{idle}");
+}

@@ -373,6 +373,36 @@ fn bulk_load_into_an_empty_side_keeps_types_and_survives_sigkill() {
 }
 
 #[test]
+fn a_bulk_page_the_target_refuses_goes_one_by_one() {
+    let (a, b) = (PgDb::new("refuse_a"), PgDb::new("refuse_b"));
+    a.sql("CREATE TABLE items (id bigint PRIMARY KEY, name text, code text)");
+    b.sql("CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, code varchar(3))");
+    a.sql("INSERT INTO items SELECT g, CASE WHEN g IN (10, 600) THEN NULL ELSE 'n' || g END, CASE WHEN g = 900 THEN 'TOOLONG' ELSE 'ok' END FROM generate_series(1, 1000) g");
+    let dir = TempDir::new("pgrefuse");
+    let cfg = format!(
+        "state = \"state.db\"\nbatch_size = 250\n[systems.a]\nkind = \"postgres\"\nurl = \"{}\"\n[systems.b]\nkind = \"postgres\"\nurl = \"{}\"\n[[sync]]\nname = \"items\"\nleft = {{ system = \"a\", table = \"items\" }}\nright = {{ system = \"b\", table = \"items\" }}\n{}",
+        a.url(),
+        b.url(),
+        ["id", "name", "code"].iter().map(|c| format!("[[sync.fields]]\nleft = \"{c}\"\nright = \"{c}\"\n")).collect::<String>()
+    );
+    std::fs::write(dir.path("tandem.toml"), cfg).unwrap();
+    let c = dir.path("tandem.toml");
+    let c = c.to_str().unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(b.sql("SELECT count(*) FROM items"), "997");
+    assert_eq!(b.sql("SELECT count(*) FROM items WHERE id IN (10, 600, 900)"), "0");
+    let dead = text(&tandem(&["dead-letters", "-c", c]));
+    assert_eq!(dead.matches("refused the write").count(), 3, "{dead}");
+    let state = db(&dir.path("state.db"));
+    let count =
+        |like: &str| rows(&state, &format!("SELECT count(*) FROM audit WHERE detail LIKE '{like}'"))[0][0].clone();
+    assert_eq!(count("initial load: created % in one batch%"), "1");
+    assert_eq!(count("initial load: % refused a batch%"), "3");
+    assert_eq!(b.sql("SELECT count(*) FROM _tandem.intents"), "0");
+}
+
+#[test]
 fn sigkill_during_load_and_stream_converges_without_duplicates() {
     let crm = PgDb::new("kill");
     let dir = TempDir::new("pgkill");

@@ -30,6 +30,11 @@ pub struct PgColumn {
     pub oid: u32,
     /// The type as SQL spells it (`numeric(12,2)`, `timestamp with time zone`).
     pub type_name: String,
+    /// The type without its modifier, by its catalog name (`pg_catalog."varchar"`,
+    /// `pg_catalog.bpchar`): values are cast to it and the column's own modifier applies on
+    /// assignment, so an over-long text is refused instead of cut (an explicit cast to
+    /// `varchar(3)` truncates silently, and `character` or `bit` alone mean length 1).
+    pub base_type: String,
     /// Whether NULL is refused.
     pub not_null: bool,
     /// Whether the server fills it (default, identity, generated).
@@ -262,6 +267,8 @@ async fn columns(client: &tokio_postgres::Client, qualified: &str) -> Result<Vec
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    (SELECT quote_ident(n.nspname) || '.' || quote_ident(t.typname) FROM pg_type t
+                     JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = a.atttypid),
                     (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''),
                     coalesce((SELECT k.n FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(att, n)
                               WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.att = a.attnum), 0)::int8
@@ -278,8 +285,9 @@ async fn columns(client: &tokio_postgres::Client, qualified: &str) -> Result<Vec
             oid: r.get(1),
             type_name: r.get(2),
             not_null: r.get(3),
-            has_default: r.get(4),
-            pk: r.get(5),
+            base_type: r.get(4),
+            has_default: r.get(5),
+            pk: r.get(6),
         })
         .collect())
 }
@@ -455,7 +463,7 @@ impl PgTable {
     }
 
     fn cast(&self, name: &str) -> String {
-        self.column(name).map(|c| c.type_name.clone()).unwrap_or_else(|| "text".into())
+        self.column(name).map(|c| c.base_type.clone()).unwrap_or_else(|| "text".into())
     }
 
     fn select_list(&self) -> String {
