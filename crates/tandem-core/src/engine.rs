@@ -683,17 +683,15 @@ impl<'a> Engine<'a> {
         }
 
         let mut results: Vec<Vec<Result<Key, RowError>>> = plans.iter().map(|_| Vec::new()).collect();
-        for side in [Side::Left, Side::Right] {
-            let mut owners = Vec::new();
-            let mut writes = Vec::new();
-            for (pi, plan) in plans.iter().enumerate() {
-                for (target, w) in &plan.writes {
-                    if *target == side {
-                        owners.push(pi);
-                        writes.push(w.clone());
-                    }
-                }
+        let mut owners: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+        let mut writes: [Vec<Write>; 2] = [Vec::new(), Vec::new()];
+        for (pi, plan) in plans.iter_mut().enumerate() {
+            for (target, w) in std::mem::take(&mut plan.writes) {
+                owners[target.index()].push(pi);
+                writes[target.index()].push(w);
             }
+        }
+        for ((side, writes), owners) in [Side::Left, Side::Right].into_iter().zip(writes).zip(owners) {
             if writes.is_empty() {
                 continue;
             }
