@@ -135,6 +135,14 @@ struct Group {
     seq: i64,
 }
 
+/// Captured changes with the state changes that record them (inbox entries and cursors) and
+/// the positions the sources may forget once those are committed.
+struct Direct {
+    entries: Vec<InboxEntry>,
+    ops: Vec<Op>,
+    trims: Vec<(Side, u64)>,
+}
+
 /// A bulk page whose target transaction may or may not have committed (kept in state meta
 /// `bulk_pending:<side>` until it is known).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -403,8 +411,8 @@ impl<'a> Engine<'a> {
         for side in [Side::Left, Side::Right] {
             self.load_page(side, &mut report)?;
         }
-        self.capture(&mut report)?;
-        self.process(&mut report)?;
+        let direct = self.capture(&mut report)?;
+        self.process(&mut report, direct)?;
         Ok(report)
     }
 
@@ -560,10 +568,14 @@ impl<'a> Engine<'a> {
     }
 
     /// Moves one page of captured changes of each side into the inbox, with the cursors, in
-    /// one commit; only then are the sources told the positions are done.
-    fn capture(&mut self, report: &mut Report) -> Result<(), EngineError> {
+    /// one commit; only then are the sources told the positions are done. When the inbox is
+    /// empty and the changes fit one batch they are handed to [`Engine::process`] directly
+    /// instead: the commit that records their outcome then also moves the cursors (nothing is
+    /// acknowledged to a source before that).
+    fn capture(&mut self, report: &mut Report) -> Result<Option<Direct>, EngineError> {
         let mut ops = Vec::new();
         let mut trims = Vec::new();
+        let mut entries = Vec::new();
         for side in [Side::Left, Side::Right] {
             let cursor = self.store.cursor(&self.spec.name, side)?.unwrap_or(0);
             let page = self.conns[side.index()].changes(cursor, self.batch).map_err(self.conn_err(side))?;
@@ -571,20 +583,35 @@ impl<'a> Engine<'a> {
             if page.touched.is_empty() && page.next <= cursor {
                 continue;
             }
-            ops.extend(page.touched.iter().map(|t| Op::Touch {
-                sync: self.sync(),
-                side,
-                key: t.key.clone(),
-                at: t.at_ms,
-            }));
+            for t in &page.touched {
+                ops.push(Op::Touch { sync: self.sync(), side, key: t.key.clone(), at: t.at_ms });
+                entries.push(InboxEntry { seq: entries.len() as i64, side, key: t.key.clone(), at: t.at_ms });
+            }
             ops.push(Op::Cursor { sync: self.sync(), side, pos: page.next.max(cursor) });
             report.captured[side.index()] += page.touched.len() as u64;
             trims.push((side, page.next));
         }
         if ops.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        self.store.commit(ops)?;
+        let direct = Direct { entries, ops, trims };
+        if !direct.entries.is_empty()
+            && direct.entries.len() <= self.batch
+            && self.store.inbox(&self.spec.name, 1)?.is_empty()
+        {
+            return Ok(Some(direct));
+        }
+        self.commit_capture(direct)?;
+        Ok(None)
+    }
+
+    /// Commits captured changes to the inbox with the cursors, then lets the sources forget them.
+    fn commit_capture(&mut self, captured: Direct) -> Result<(), EngineError> {
+        self.store.commit(captured.ops)?;
+        self.trim(captured.trims)
+    }
+
+    fn trim(&mut self, trims: Vec<(Side, u64)>) -> Result<(), EngineError> {
         for (side, upto) in trims {
             self.conns[side.index()].trim(upto).map_err(self.conn_err(side))?;
         }
@@ -634,15 +661,26 @@ impl<'a> Engine<'a> {
         Ok(groups)
     }
 
-    /// Processes one inbox batch: read, decide, announce creates, apply, commit.
-    fn process(&mut self, report: &mut Report) -> Result<(), EngineError> {
-        let entries = self.store.inbox(&self.spec.name, self.batch)?;
+    /// Processes one batch, from the inbox or handed over by capture: read, decide, announce
+    /// creates, apply, commit.
+    fn process(&mut self, report: &mut Report, mut direct: Option<Direct>) -> Result<(), EngineError> {
+        let entries = match &mut direct {
+            Some(d) => std::mem::take(&mut d.entries),
+            None => self.store.inbox(&self.spec.name, self.batch)?,
+        };
         if entries.is_empty() {
             return Ok(());
         }
         self.open_conflicts = None;
-        report.processed += entries.len() as u64;
+        let n = entries.len() as u64;
         let groups = self.group(entries)?;
+        if let Some(d) = direct.take_if(|_| groups.iter().any(|g| g.link.is_none())) {
+            // A record without a link may be created; creates take the inbox's way, whose
+            // sequence numbers make their intent ids unique.
+            self.commit_capture(d)?;
+            return self.process(report, None);
+        }
+        report.processed += n;
         let mut rows: [HashMap<Key, Row>; 2] = [HashMap::new(), HashMap::new()];
         let keys: [Vec<Key>; 2] =
             [Side::Left, Side::Right].map(|side| groups.iter().filter_map(|g| g.keys[side.index()].clone()).collect());
@@ -664,8 +702,10 @@ impl<'a> Engine<'a> {
         let mut plans = Vec::with_capacity(groups.len());
         for g in &groups {
             let mut plan = GroupPlan::default();
-            for (side, key) in &g.entries {
-                plan.ops_always.push(Op::Untouch { sync: self.sync(), side: *side, key: key.clone() });
+            if direct.is_none() {
+                for (side, key) in &g.entries {
+                    plan.ops_always.push(Op::Untouch { sync: self.sync(), side: *side, key: key.clone() });
+                }
             }
             self.plan_group(g, &rows, &mut claimed, &mut plan)?;
             plans.push(plan);
@@ -769,7 +809,15 @@ impl<'a> Engine<'a> {
             }
         }
         ops.push(Op::Meta { sync: self.sync(), name: "last_sync".into(), value: Some(now.to_string()) });
+        let trims = match direct {
+            Some(d) => {
+                ops.extend(d.ops.into_iter().filter(|op| matches!(op, Op::Cursor { .. })));
+                d.trims
+            }
+            None => Vec::new(),
+        };
         self.store.commit(ops)?;
+        self.trim(trims)?;
         self.forget(confirmed)
     }
 
