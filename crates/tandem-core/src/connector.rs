@@ -179,24 +179,26 @@ pub trait Connector {
     fn uninstall(&mut self) -> Result<String, ConnectorError>;
     /// The key of the record an insert of `values` creates, when the values determine it
     /// exactly as [`Connector::read`] would report it (every key column is written, in a type
-    /// whose text form is canonical). `None` when the system generates the key or cannot say:
-    /// the engine then creates the record one by one.
+    /// whose text form is canonical). `None` when the system generates the key or cannot say
+    /// (a bulk insert then reports the generated keys).
     fn key_of(&self, _values: &Row) -> Option<Key> {
         None
     }
     /// Inserts all `rows` in one transaction, tagged as Tandem's own, together with the marker
     /// `batch` (reported by [`Connector::created`] and removed by
-    /// [`Connector::forget_intents`]), or nothing at all. Calls `before_commit` once, before the
-    /// transaction commits (the rows may be on their way meanwhile); when it returns false the
-    /// transaction is rolled back and the call fails. `Ok(Err(..))` when a row was refused (a
-    /// key already taken, a value that does not fit): nothing was written and the engine takes
-    /// the rows one by one. Only called when [`Connector::key_of`] knows the keys.
+    /// [`Connector::forget_intents`]), or nothing at all. Calls `before_commit` once with the
+    /// keys of the new records in row order (as [`Connector::key_of`] gives them, or as the
+    /// system generated them) before the transaction commits; the rows may still be on their
+    /// way meanwhile. When it returns false the transaction is rolled back and the call fails.
+    /// `Ok(Err(..))` when a row was refused (a key already taken, a value that does not fit):
+    /// nothing was written, and the engine takes the rows one by one. The default refuses every
+    /// batch.
     fn bulk_insert(
         &mut self,
         _batch: &str,
         _rows: Vec<Row>,
-        _before_commit: &mut dyn FnMut() -> bool,
+        _before_commit: &mut dyn FnMut(&[Key]) -> bool,
     ) -> Result<Result<(), RowError>, ConnectorError> {
-        Err(ConnectorError::new(ErrorKind::Internal, "this system has no bulk insert"))
+        Ok(Err(RowError::new(None, None, "this system takes new records one by one")))
     }
 }

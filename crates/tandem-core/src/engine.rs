@@ -449,10 +449,10 @@ impl<'a> Engine<'a> {
         let linked = self.store.links_of(&self.spec.name, side, &keys)?;
         // A field that does not flow from this side takes the target's value: read it back.
         let one_way = self.spec.fields.iter().any(|f| !f.flow.allows_from(side));
-        let mut ops = Vec::new();
-        let mut links = Vec::new();
+        let mut touches = Vec::new();
         let mut sources = Vec::new();
         let mut inserts = Vec::new();
+        let mut bases = Vec::new();
         let mut targets = HashSet::new();
         for (key, row) in rows {
             if linked.contains_key(&key) {
@@ -462,59 +462,81 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let made = self.canonical(side, &key, &row).ok().and_then(|c| self.create_values(side, &key, &c).ok());
-            let target = made.as_ref().and_then(|(values, _, _)| self.conns[other.index()].key_of(values));
-            match (made, target) {
-                (Some((values, base, _)), Some(target)) if targets.insert(target.clone()) => {
-                    if one_way {
-                        ops.push(Op::Touch { sync: self.sync(), side: other, key: target.clone(), at: 0 });
-                    }
-                    links.push(self.new_link(side, key.clone(), target, base));
+            match made {
+                Some((values, base, _))
+                    if self.conns[other.index()].key_of(&values).is_none_or(|t| targets.insert(t)) =>
+                {
                     sources.push(key);
                     inserts.push(values);
+                    bases.push(base);
                 }
                 // The one-by-one path creates it, or records why it cannot.
-                _ => ops.push(Op::Touch { sync: self.sync(), side, key, at: 0 }),
+                _ => touches.push(Op::Touch { sync: self.sync(), side, key, at: 0 }),
             }
         }
-        let pending = BulkPending {
-            id: format!("{}:{}:bulk:{side}:{}", self.spec.name, self.epoch()?, (self.now)()),
-            next,
-            left: links.iter().map(|l| l.left.as_str().to_string()).collect(),
-        };
+        let id = format!("{}:{}:bulk:{side}:{}", self.spec.name, self.epoch()?, (self.now)());
         if inserts.is_empty() {
-            ops.extend(self.bulk_done_ops(side, &pending));
-            self.store.commit(ops)?;
+            touches.extend(self.bulk_done_ops(side, &next));
+            self.store.commit(touches)?;
             return Ok(());
         }
-        let text = serde_json::to_string(&pending).expect("a pending batch encodes");
-        ops.extend(links.into_iter().map(|link| Op::PutLink { sync: self.sync(), link }));
-        ops.push(Op::Meta { sync: self.sync(), name: format!("bulk_pending:{side}"), value: Some(text) });
         let n = inserts.len();
-        // The links are made durable while the target receives the rows; it commits after.
-        let mut ops = Some(ops);
-        let mut stored = Ok(());
+        // The page's links are made durable, marked pending, before the target commits: while
+        // the rows are on their way when their keys are known, else once the target has
+        // generated them.
+        let sync = self.sync();
         let store = &mut *self.store;
-        let outcome = self.conns[other.index()].bulk_insert(&pending.id, inserts, &mut || {
-            stored = store.commit(ops.take().unwrap_or_default());
+        let mut first = Some(touches);
+        let mut bases = Some(bases);
+        let mut stored = Ok(());
+        let mut pending: Option<BulkPending> = None;
+        let outcome = self.conns[other.index()].bulk_insert(&id, inserts, &mut |keys: &[Key]| {
+            let (Some(mut ops), Some(bases)) = (first.take(), bases.take()) else { return false };
+            if keys.len() != sources.len() {
+                stored = Err(StoreError::new(format!(
+                    "the target reported {} keys for {} new records",
+                    keys.len(),
+                    sources.len()
+                )));
+                return false;
+            }
+            let mut left = Vec::with_capacity(keys.len());
+            for ((source, target), base) in sources.iter().zip(keys).zip(bases) {
+                if one_way {
+                    ops.push(Op::Touch { sync: sync.clone(), side: other, key: target.clone(), at: 0 });
+                }
+                let (l, r) = match side {
+                    Side::Left => (source.clone(), target.clone()),
+                    Side::Right => (target.clone(), source.clone()),
+                };
+                left.push(l.as_str().to_string());
+                ops.push(Op::PutLink { sync: sync.clone(), link: Link { left: l, right: r, base, tombstone: None } });
+            }
+            let p = BulkPending { id: id.clone(), next: next.clone(), left };
+            let text = serde_json::to_string(&p).expect("a pending batch encodes");
+            ops.push(Op::Meta { sync: sync.clone(), name: format!("bulk_pending:{side}"), value: Some(text) });
+            pending = Some(p);
+            stored = store.commit(ops);
             stored.is_ok()
         });
         stored?;
-        match outcome.map_err(self.conn_err(other))? {
-            Ok(()) => self.finish_bulk(side, &pending, report),
-            Err(refused) => {
+        match (outcome.map_err(self.conn_err(other))?, pending) {
+            (Ok(()), Some(pending)) => self.finish_bulk(side, &pending, report),
+            (Ok(()), None) => Err(EngineError::Request(format!(
+                "system `{}` inserted a batch without asking to commit it",
+                self.spec.system(other)
+            ))),
+            (Err(refused), pending) => {
                 // Nothing was written (say a user created one of these keys meanwhile): the
-                // page's records go one by one, where each gets its own outcome. The page's
-                // first commit is made here if the target refused before asking for it.
-                let mut ops: Vec<Op> = ops.take().unwrap_or_default();
-                ops.extend(
-                    pending
-                        .left
-                        .iter()
-                        .filter_map(|k| Key::parse(k))
-                        .map(|left| Op::DropLink { sync: self.sync(), left }),
-                );
+                // page's records go one by one, where each gets its own outcome. If the target
+                // refused before the page's links were committed, its other records' touches
+                // are committed here.
+                let mut ops: Vec<Op> = first.take().unwrap_or_default();
+                for left in pending.iter().flat_map(|p| &p.left).filter_map(|k| Key::parse(k)) {
+                    ops.push(Op::DropLink { sync: self.sync(), left });
+                }
                 ops.extend(sources.into_iter().map(|key| Op::Touch { sync: self.sync(), side, key, at: 0 }));
-                ops.extend(self.bulk_done_ops(side, &pending));
+                ops.extend(self.bulk_done_ops(side, &next));
                 ops.push(Op::Audit(AuditRow {
                     kind: "load".into(),
                     source: Some(side),
@@ -530,13 +552,13 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// State changes that move a bulk load past a page.
-    fn bulk_done_ops(&self, side: Side, pending: &BulkPending) -> Vec<Op> {
+    /// State changes that move a bulk load past a page (`next`: where it goes on, if anywhere).
+    fn bulk_done_ops(&self, side: Side, next: &Option<String>) -> Vec<Op> {
         let mut ops = vec![
-            Op::Meta { sync: self.sync(), name: format!("snapshot:{side}"), value: pending.next.clone() },
+            Op::Meta { sync: self.sync(), name: format!("snapshot:{side}"), value: next.clone() },
             Op::Meta { sync: self.sync(), name: format!("bulk_pending:{side}"), value: None },
         ];
-        if pending.next.is_none() {
+        if next.is_none() {
             ops.push(Op::Meta { sync: self.sync(), name: format!("bulk:{side}"), value: None });
         }
         ops
@@ -546,7 +568,7 @@ impl<'a> Engine<'a> {
     fn finish_bulk(&mut self, side: Side, pending: &BulkPending, report: &mut Report) -> Result<(), EngineError> {
         let other = side.other();
         let n = pending.left.len();
-        let mut ops = self.bulk_done_ops(side, pending);
+        let mut ops = self.bulk_done_ops(side, &pending.next);
         let (first, last) = (pending.left.first(), pending.left.last());
         ops.push(Op::Audit(AuditRow {
             kind: "create".into(),

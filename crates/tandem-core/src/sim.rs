@@ -334,37 +334,42 @@ impl Connector for MemoryTable {
         &mut self,
         batch: &str,
         rows: Vec<Row>,
-        before_commit: &mut dyn FnMut() -> bool,
+        before_commit: &mut dyn FnMut(&[Key]) -> bool,
     ) -> Result<Result<(), RowError>, ConnectorError> {
         self.gate()?;
         // Refused before or after the caller's commit, depending on the batch.
         if self.refuse_bulk && rows.len() % 2 == 1 {
             return Ok(Err(RowError::new(None, None, "bulk insert refused up front")));
         }
-        if !before_commit() {
-            return Err(ConnectorError::new(ErrorKind::Unavailable, "abandoned"));
-        }
         for (key, values) in std::mem::take(&mut self.interfere) {
             self.user_update(&key, values);
         }
-        if self.refuse_bulk {
-            return Ok(Err(RowError::new(None, None, "bulk insert refused")));
-        }
-        let mut keys = std::collections::HashSet::new();
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut seen = std::collections::HashSet::new();
+        let mut next_id = self.next_id;
         for row in &rows {
-            let Some(key) = self.key_of(row) else {
-                return Ok(Err(RowError::new(Some(self.key_column.clone()), None, "no key")));
-            };
-            if self.rows.contains_key(&key) || !keys.insert(key) {
+            let key = self.key_of(row).unwrap_or_else(|| {
+                next_id += 1;
+                Key::from_values(&[Value::Int(next_id - 1)])
+            });
+            if self.rows.contains_key(&key) || !seen.insert(key.clone()) {
                 return Ok(Err(RowError::new(Some(self.key_column.clone()), None, "UNIQUE constraint failed")));
             }
             if let Some(col) = self.not_null.iter().find(|c| row.get(*c).is_none_or(Value::is_null)) {
                 return Ok(Err(RowError::new(Some(col.clone()), None, "NOT NULL constraint failed")));
             }
+            keys.push(key);
         }
+        if !before_commit(&keys) {
+            return Err(ConnectorError::new(ErrorKind::Unavailable, "abandoned"));
+        }
+        if self.refuse_bulk {
+            return Ok(Err(RowError::new(None, None, "bulk insert refused")));
+        }
+        self.next_id = next_id;
         self.tandem_writes += rows.len() as u64;
-        for row in rows {
-            let key = self.key_of(&row).expect("checked above");
+        for (mut row, key) in rows.into_iter().zip(keys) {
+            row.insert(self.key_column.clone(), key.values()[0].clone());
             self.rows.insert(key, row);
         }
         self.intents.insert(batch.to_string(), Key::from_values(&[]));

@@ -693,6 +693,63 @@ impl PgTable {
         }
     }
 
+    /// Inserts `rows` (inside the caller's transaction) with one statement per set of columns
+    /// and returns the keys the server gave them, in row order; `Ok(Err)` when one got none.
+    async fn insert_returning(&self, rows: &[Row]) -> Result<Result<Vec<Key>, RowError>, tokio_postgres::Error> {
+        let mut shapes: std::collections::BTreeMap<Vec<&String>, Vec<usize>> = Default::default();
+        for (i, r) in rows.iter().enumerate() {
+            shapes.entry(r.keys().collect()).or_default().push(i);
+        }
+        let keys_sql: Vec<String> = self.key.iter().map(|k| format!("{}::text", ident(k))).collect();
+        let mut keys: Vec<Option<Key>> = vec![None; rows.len()];
+        for (cols, idx) in shapes {
+            let returned = if cols.is_empty() {
+                let sql = format!("INSERT INTO {} DEFAULT VALUES RETURNING {}", self.qualified(), keys_sql.join(", "));
+                let mut out = Vec::with_capacity(idx.len());
+                for _ in &idx {
+                    out.push(self.client.query_one(&sql, &[]).await?);
+                }
+                out
+            } else {
+                let arrays: Vec<Vec<Option<String>>> =
+                    cols.iter().map(|c| idx.iter().map(|i| to_text(&rows[*i][*c])).collect()).collect();
+                let unnest: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
+                let names: Vec<String> = (1..=cols.len()).map(|i| format!("c{i}")).collect();
+                let casts: Vec<String> =
+                    cols.iter().enumerate().map(|(i, c)| format!("u.c{}::{}", i + 1, self.cast(c))).collect();
+                // ORDER BY the ordinality: RETURNING gives the rows in insertion order.
+                let sql = format!(
+                    "INSERT INTO {} ({}) SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, ord) ORDER BY u.ord RETURNING {}",
+                    self.qualified(),
+                    cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
+                    casts.join(", "),
+                    unnest.join(", "),
+                    names.join(", "),
+                    keys_sql.join(", ")
+                );
+                let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+                self.client.query(&sql, &refs).await?
+            };
+            for (i, r) in idx.iter().zip(&returned) {
+                let values = self.returned_key(r);
+                if values.iter().any(Value::is_null) {
+                    return Ok(Err(RowError::new(
+                        None,
+                        None,
+                        format!(
+                            "{} gave a new record no key: map a field to the key column or give it a default",
+                            self.label()
+                        ),
+                    )));
+                }
+                keys[*i] = Some(Key::from_values(&values));
+            }
+        }
+        Ok(keys.into_iter().collect::<Option<Vec<Key>>>().ok_or_else(|| {
+            RowError::new(None, None, format!("{} did not return a key for every new record", self.label()))
+        }))
+    }
+
     /// The key values in the first columns of a row returned by `RETURNING key::text, …`.
     fn returned_key(&self, row: &tokio_postgres::Row) -> Vec<Value> {
         self.key
@@ -1246,7 +1303,7 @@ impl Connector for PgTable {
         &mut self,
         batch: &str,
         rows: Vec<Row>,
-        before_commit: &mut dyn FnMut() -> bool,
+        before_commit: &mut dyn FnMut(&[Key]) -> bool,
     ) -> Result<Result<(), RowError>, ConnectorError> {
         for r in &rows {
             if let Err(e) = self.check_fit(r) {
@@ -1261,16 +1318,31 @@ impl Connector for PgTable {
             self.origin_ready = true;
         }
         self.block(self.client.batch_execute("BEGIN")).map_err(fail)?;
-        // The rows stream to the server on the I/O thread while the caller makes its state
-        // durable; the transaction commits only after that.
-        let copy = self.rt.spawn(copy_rows(self.client.clone(), self.qualified(), rows));
-        let go_on = before_commit();
+        let known: Option<Vec<Key>> = rows.iter().map(|r| self.key_of(r)).collect();
+        let (written, go_on) = match known {
+            // Keys known: the rows stream to the server by COPY on the I/O thread while the
+            // caller makes its state durable; the transaction commits only after that.
+            Some(keys) => {
+                let copy = self.rt.spawn(copy_rows(self.client.clone(), self.qualified(), rows));
+                let go_on = before_commit(&keys);
+                (self.block(copy).unwrap_or_else(|e| panic!("the COPY task failed: {e}")), go_on)
+            }
+            // Keys the server generates: insert, learn them, then let the caller commit.
+            None => match self.block(self.insert_returning(&rows)) {
+                Ok(Ok(keys)) => (Ok(()), before_commit(&keys)),
+                Ok(Err(refused)) => {
+                    let _ = self.block(self.client.batch_execute("ROLLBACK"));
+                    return Ok(Err(refused));
+                }
+                Err(e) => (Err(e), false),
+            },
+        };
         let q = self.qualified();
         self.block(async {
             let c = &self.client;
-            let mut copied = copy.await.unwrap_or_else(|e| panic!("the COPY task failed: {e}"));
-            if copied.is_ok() && go_on {
-                copied = c
+            let mut written = written;
+            if written.is_ok() && go_on {
+                written = c
                     .execute(
                         "INSERT INTO _tandem.intents (id, tbl, pk) VALUES ($1, $2, '[]') ON CONFLICT (id) DO NOTHING",
                         &[&batch, &q],
@@ -1278,7 +1350,7 @@ impl Connector for PgTable {
                     .await
                     .map(|_| ());
             }
-            match copied {
+            match written {
                 Ok(()) if go_on => {
                     c.batch_execute("COMMIT").await.map_err(|e| pg_err(format_args!("committing to {label}"), e))?;
                     Ok(Ok(()))

@@ -583,7 +583,7 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
         &mut self,
         batch: &str,
         rows: Vec<Row>,
-        before_commit: &mut dyn FnMut() -> bool,
+        before_commit: &mut dyn FnMut(&[Key]) -> bool,
     ) -> Result<Result<(), RowError>, ConnectorError> {
         for r in &rows {
             if let Err(e) = self.check_fit(r) {
@@ -591,20 +591,35 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             }
         }
         let ctx = self.ctx("copying");
-        if !before_commit() {
-            return Err(ConnectorError::new(ErrorKind::Unavailable, format!("{ctx}: abandoned")));
-        }
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(|e| sql_err(&ctx, e))?;
         tx.execute("INSERT INTO _tandem_session (active) VALUES (1)", []).map_err(|e| sql_err(&ctx, e))?;
+        let returning: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+        let mut keys = Vec::with_capacity(rows.len());
         for r in &rows {
             let cols: Vec<String> = r.keys().map(|c| ident(c)).collect();
             let marks: Vec<String> = (1..=r.len()).map(|i| format!("?{i}")).collect();
-            let sql = format!("INSERT INTO {} ({}) VALUES ({})", ident(&self.table), cols.join(", "), marks.join(", "));
-            let done =
-                tx.prepare_cached(&sql).and_then(|mut stmt| stmt.execute(params_from_iter(r.values().map(to_sql))));
+            let sql = if r.is_empty() {
+                format!("INSERT INTO {} DEFAULT VALUES RETURNING {}", ident(&self.table), returning.join(", "))
+            } else {
+                format!(
+                    "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
+                    ident(&self.table),
+                    cols.join(", "),
+                    marks.join(", "),
+                    returning.join(", ")
+                )
+            };
+            let done = tx.prepare_cached(&sql).and_then(|mut stmt| {
+                stmt.query_row(params_from_iter(r.values().map(to_sql)), |row| {
+                    (0..self.key.len()).map(|i| row.get_ref(i).map(from_sql)).collect::<rusqlite::Result<Vec<Value>>>()
+                })
+            });
             match done {
-                Ok(_) => {}
+                Ok(k) if k.iter().any(Value::is_null) => {
+                    return Ok(Err(RowError::new(None, None, format!("{ctx}: a new record got no key"))));
+                }
+                Ok(k) => keys.push(Key::from_values(&k)),
                 Err(e @ rusqlite::Error::SqliteFailure(..))
                     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
                 {
@@ -617,6 +632,9 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
                 }
                 Err(e) => return Err(sql_err(&ctx, e)),
             }
+        }
+        if !before_commit(&keys) {
+            return Err(ConnectorError::new(ErrorKind::Unavailable, format!("{ctx}: abandoned")));
         }
         tx.execute("INSERT OR REPLACE INTO _tandem_intents (id, tbl, pk) VALUES (?1, ?2, '[]')", [batch, &self.table])
             .map_err(|e| sql_err(&ctx, e))?;
