@@ -171,6 +171,12 @@ pub trait Connector {
     fn created(&mut self, intent: &str) -> Result<Option<Key>, ConnectorError>;
     /// Forgets the intent records of these ids (their links are durable in Tandem's state).
     fn forget_intents(&mut self, ids: &[String]) -> Result<(), ConnectorError>;
+    /// The ids of the intent and batch markers Tandem left with this entity (see
+    /// [`Connector::created`]), so markers whose outcome the state already holds can be
+    /// swept. Empty where the system keeps none.
+    fn intent_ids(&mut self) -> Result<Vec<String>, ConnectorError> {
+        Ok(Vec::new())
+    }
     /// How many captured changes wait after `after`, where the system can count them.
     fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError>;
     /// Roughly how many records the entity holds (for progress displays), when cheap to know.

@@ -284,7 +284,33 @@ impl<'a> Engine<'a> {
         }
         self.choose_bulk()?;
         self.recover()?;
+        self.sweep()?;
         Ok(report)
+    }
+
+    /// Removes markers a crash left on the systems after their outcome was committed to the
+    /// state (between that commit and the marker's removal): this state file's markers of
+    /// this sync that no pending create or bulk page refers to any more.
+    fn sweep(&mut self) -> Result<(), EngineError> {
+        let mut known: HashSet<String> = self.store.intents(&self.spec.name)?.into_iter().map(|i| i.id).collect();
+        for side in [Side::Left, Side::Right] {
+            if let Some(text) = self.store.meta(&self.spec.name, &format!("bulk_pending:{side}"))? {
+                if let Ok(p) = serde_json::from_str::<BulkPending>(&text) {
+                    known.insert(p.id);
+                }
+            }
+        }
+        let (prefix, epoch) = (format!("{}:", self.spec.name), format!(":{}:", self.epoch()?));
+        let mut ids: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        for side in [Side::Left, Side::Right] {
+            ids[side.index()] = self.conns[side.index()]
+                .intent_ids()
+                .map_err(self.conn_err(side))?
+                .into_iter()
+                .filter(|id| id.starts_with(&prefix) && id.contains(&epoch) && !known.contains(id))
+                .collect();
+        }
+        self.forget(ids)
     }
 
     /// A first sync into an empty side copies in bulk. When neither side has begun its initial

@@ -104,6 +104,11 @@ impl MemoryTable {
         }
     }
 
+    /// Markers of creates and bulk pages that Tandem has not removed yet.
+    pub fn markers(&self) -> usize {
+        self.intents.len()
+    }
+
     /// Makes the keys this table generates start at `first` (to keep two tables' keys apart).
     pub fn generate_keys_from(&mut self, first: i64) {
         self.next_id = first;
@@ -305,6 +310,11 @@ impl Connector for MemoryTable {
             self.intents.remove(id);
         }
         Ok(())
+    }
+
+    fn intent_ids(&mut self) -> Result<Vec<String>, ConnectorError> {
+        self.gate()?;
+        Ok(self.intents.keys().cloned().collect())
     }
 
     fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError> {

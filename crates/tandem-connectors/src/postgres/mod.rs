@@ -1280,6 +1280,23 @@ impl Connector for PgTable {
         Ok(())
     }
 
+    fn intent_ids(&mut self) -> Result<Vec<String>, ConnectorError> {
+        let q = self.qualified();
+        let rows = self
+            .block(async {
+                let exists = self
+                    .client
+                    .query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'intents'", &[])
+                    .await?;
+                if exists.is_none() {
+                    return Ok(Vec::new());
+                }
+                self.client.query("SELECT id FROM _tandem.intents WHERE tbl = $1", &[&q]).await
+            })
+            .map_err(|e| pg_err("reading intents", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     fn backlog(&mut self, _after: u64) -> Result<Option<u64>, ConnectorError> {
         Ok(None)
     }

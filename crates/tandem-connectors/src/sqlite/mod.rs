@@ -546,6 +546,16 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
         tx.commit().map_err(|e| sql_err(self.ctx("forgetting intents"), e))
     }
 
+    fn intent_ids(&mut self) -> Result<Vec<String>, ConnectorError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM _tandem_intents WHERE tbl = ?1")
+            .map_err(|e| sql_err(self.ctx("reading intents"), e))?;
+        stmt.query_map([&self.table], |r| r.get::<_, String>(0))
+            .and_then(|it| it.collect())
+            .map_err(|e| sql_err(self.ctx("reading intents"), e))
+    }
+
     fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError> {
         self.count_backlog(after).map(Some)
     }
