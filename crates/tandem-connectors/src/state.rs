@@ -6,12 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 use tandem_core::mapping::Side;
 use tandem_core::store::{AuditRow, Conflict, DeadLetter, InboxEntry, Intent, Link, Op, StateStore, StoreError};
-use tandem_core::value::{row_from_json, row_to_json, Key, Value};
+use tandem_core::value::{row_from_json, row_to_json, Key, Row, Value};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cursors (sync TEXT NOT NULL, side TEXT NOT NULL, pos INTEGER NOT NULL, PRIMARY KEY (sync, side));
 CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, sync TEXT NOT NULL, side TEXT NOT NULL, key TEXT NOT NULL, at INTEGER NOT NULL, UNIQUE (sync, side, key));
-CREATE TABLE IF NOT EXISTS links (sync TEXT NOT NULL, left_key TEXT NOT NULL, right_key TEXT NOT NULL, base TEXT NOT NULL, tombstone TEXT, PRIMARY KEY (sync, left_key), UNIQUE (sync, right_key));
+CREATE TABLE IF NOT EXISTS links (sync TEXT NOT NULL, left_key TEXT NOT NULL, right_key TEXT NOT NULL, base TEXT NOT NULL, tombstone TEXT, pending TEXT, PRIMARY KEY (sync, left_key), UNIQUE (sync, right_key));
 CREATE TABLE IF NOT EXISTS intents (sync TEXT NOT NULL, id TEXT NOT NULL, source TEXT NOT NULL, source_key TEXT NOT NULL, base TEXT NOT NULL, revisit INTEGER NOT NULL, PRIMARY KEY (sync, id));
 CREATE TABLE IF NOT EXISTS conflicts (id INTEGER PRIMARY KEY AUTOINCREMENT, sync TEXT NOT NULL, left_key TEXT NOT NULL, right_key TEXT NOT NULL, field TEXT NOT NULL, base TEXT, left_value TEXT NOT NULL, right_value TEXT NOT NULL, opened_at INTEGER NOT NULL, resolution TEXT);
 CREATE INDEX IF NOT EXISTS conflicts_open ON conflicts (sync, left_key) WHERE resolution IS NULL;
@@ -20,6 +20,14 @@ CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEG
 CREATE INDEX IF NOT EXISTS audit_keys ON audit (sync, left_key);
 CREATE TABLE IF NOT EXISTS meta (sync TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (sync, name));
 ";
+
+/// Reads the `[left, right]` JSON of a link's pending values.
+fn pending_from_json(text: &str) -> [Row; 2] {
+    match serde_json::from_str::<Vec<serde_json::Value>>(text) {
+        Ok(v) if v.len() == 2 => [row_from_json(&v[0].to_string()), row_from_json(&v[1].to_string())],
+        _ => Default::default(),
+    }
+}
 
 fn err(what: &str, e: rusqlite::Error) -> StoreError {
     StoreError { message: format!("{what}: {e}"), source: Some(Box::new(e)) }
@@ -70,6 +78,14 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err("WAL mode", e))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| err("synchronous", e))?;
         conn.execute_batch(SCHEMA).map_err(|e| err("creating state schema", e))?;
+        // State files from before links had `pending` get the column.
+        let has_pending: bool = conn
+            .query_row("SELECT count(*) FROM pragma_table_info('links') WHERE name = 'pending'", [], |r| r.get(0))
+            .map_err(|e| err("reading state schema", e))?;
+        if !has_pending {
+            conn.execute_batch("ALTER TABLE links ADD COLUMN pending TEXT")
+                .map_err(|e| err("upgrading state schema", e))?;
+        }
         Ok(SqliteStore { conn })
     }
 
@@ -92,21 +108,24 @@ impl SqliteStore {
                 // Most puts give an existing link a new base: update it in place (no index
                 // changes). Otherwise OR REPLACE removes a link holding either key (primary
                 // key or unique right key) and inserts this one.
+                let pending = (!link.pending.iter().all(Row::is_empty))
+                    .then(|| format!("[{},{}]", row_to_json(&link.pending[0]), row_to_json(&link.pending[1])));
                 let p = params![
                     sync,
                     link.left.as_str(),
                     link.right.as_str(),
                     row_to_json(&link.base),
-                    link.tombstone.map(Side::as_str)
+                    link.tombstone.map(Side::as_str),
+                    pending
                 ];
                 let updated = tx
                     .prepare_cached(
-                        "UPDATE links SET base = ?4, tombstone = ?5 WHERE sync = ?1 AND left_key = ?2 AND right_key = ?3",
+                        "UPDATE links SET base = ?4, tombstone = ?5, pending = ?6 WHERE sync = ?1 AND left_key = ?2 AND right_key = ?3",
                     )?
                     .execute(p)?;
                 if updated == 0 {
                     tx.prepare_cached(
-                        "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
                     .execute(p)?;
                 }
@@ -175,6 +194,7 @@ impl SqliteStore {
             right: key(r.get(1)?),
             base: row_from_json(&r.get::<_, String>(2)?),
             tombstone: r.get::<_, Option<String>>(3)?.map(|s| side(&s)),
+            pending: r.get::<_, Option<String>>(4)?.map(|p| pending_from_json(&p)).unwrap_or_default(),
         })
     }
 
@@ -269,8 +289,12 @@ impl StateStore for SqliteStore {
 
     fn link(&mut self, sync: &str, s: Side, k: &Key) -> Result<Option<Link>, StoreError> {
         let sql = match s {
-            Side::Left => "SELECT left_key, right_key, base, tombstone FROM links WHERE sync = ?1 AND left_key = ?2",
-            Side::Right => "SELECT left_key, right_key, base, tombstone FROM links WHERE sync = ?1 AND right_key = ?2",
+            Side::Left => {
+                "SELECT left_key, right_key, base, tombstone, pending FROM links WHERE sync = ?1 AND left_key = ?2"
+            }
+            Side::Right => {
+                "SELECT left_key, right_key, base, tombstone, pending FROM links WHERE sync = ?1 AND right_key = ?2"
+            }
         };
         let mut stmt = self.conn.prepare_cached(sql).map_err(|e| err("reading link", e))?;
         stmt.query_row(params![sync, k.as_str()], Self::link_from).optional().map_err(|e| err("reading link", e))
@@ -281,8 +305,8 @@ impl StateStore for SqliteStore {
             return Ok(HashMap::new());
         }
         let sql = match s {
-            Side::Left => "SELECT l.left_key, l.right_key, l.base, l.tombstone FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.left_key = j.value",
-            Side::Right => "SELECT l.left_key, l.right_key, l.base, l.tombstone FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.right_key = j.value",
+            Side::Left => "SELECT l.left_key, l.right_key, l.base, l.tombstone, l.pending FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.left_key = j.value",
+            Side::Right => "SELECT l.left_key, l.right_key, l.base, l.tombstone, l.pending FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.right_key = j.value",
         };
         let wanted = serde_json::to_string(&keys.iter().map(Key::as_str).collect::<Vec<_>>())
             .map_err(|e| StoreError::new(format!("encoding keys: {e}")))?;
@@ -297,7 +321,7 @@ impl StateStore for SqliteStore {
     fn links(&mut self, sync: &str) -> Result<Vec<Link>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT left_key, right_key, base, tombstone FROM links WHERE sync = ?1")
+            .prepare("SELECT left_key, right_key, base, tombstone, pending FROM links WHERE sync = ?1")
             .map_err(|e| err("reading links", e))?;
         let rows =
             stmt.query_map([sync], Self::link_from).and_then(|it| it.collect()).map_err(|e| err("reading links", e))?;

@@ -423,7 +423,7 @@ impl<'a> Engine<'a> {
             Side::Left => (source_key, other_key),
             Side::Right => (other_key, source_key),
         };
-        Link { left, right, base, tombstone: None }
+        Link { left, right, base, tombstone: None, pending: Default::default() }
     }
 
     fn audit_base(&self) -> AuditRow {
@@ -536,7 +536,8 @@ impl<'a> Engine<'a> {
                     Side::Right => (target.clone(), source.clone()),
                 };
                 left.push(l.as_str().to_string());
-                ops.push(Op::PutLink { sync: sync.clone(), link: Link { left: l, right: r, base, tombstone: None } });
+                let link = Link { left: l, right: r, base, tombstone: None, pending: Default::default() };
+                ops.push(Op::PutLink { sync: sync.clone(), link });
             }
             let p = BulkPending { id: id.clone(), next: next.clone(), left };
             let text = serde_json::to_string(&p).expect("a pending batch encodes");
@@ -1187,6 +1188,20 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        // A value Tandem was writing when a crash cut it short (recorded before the write) is
+        // not a user's change on that side: count it as the base there.
+        let adjusted: Option<Row> = base.map(|b| {
+            let mut b = b.clone();
+            for side in [Side::Left, Side::Right] {
+                for (f, v) in &link.pending[side.index()] {
+                    if canon[side.index()].get(f).unwrap_or(&Value::Null).same(v) {
+                        b.insert(f.clone(), v.clone());
+                    }
+                }
+            }
+            b
+        });
+        let base = adjusted.as_ref();
         let mut times = g.times;
         for side in [Side::Left, Side::Right] {
             let s = side.index();
@@ -1214,6 +1229,7 @@ impl<'a> Engine<'a> {
         plan.source = Some((source, link.key(source).clone()));
         // A mapped key column that changes moves the record to a new key: the link follows.
         let mut new_keys = [link.left.clone(), link.right.clone()];
+        let mut pending: [Row; 2] = Default::default();
         for side in [Side::Left, Side::Right] {
             let s = side.index();
             let mut values = Row::new();
@@ -1233,6 +1249,7 @@ impl<'a> Engine<'a> {
                             if !before.same(&nv) {
                                 detail.insert(c.clone(), serde_json::json!([before.to_json(), nv.to_json()]));
                                 values.insert(c, nv);
+                                pending[s].insert(f.name.clone(), v.clone());
                             }
                         }
                     }
@@ -1274,6 +1291,11 @@ impl<'a> Engine<'a> {
                 }));
             }
         }
+        if base.is_some() && pending.iter().any(|p| !p.is_empty()) {
+            // Recorded before the writes (with the old base), cleared with the new base after.
+            let recorded = Link { pending, ..link.clone() };
+            plan.ops_first.push(Op::PutLink { sync: self.sync(), link: recorded });
+        }
         for d in &merged.decisions {
             plan.ops_first.push(Op::Audit(self.decision_audit(&link, d, "decision")));
         }
@@ -1311,7 +1333,9 @@ impl<'a> Engine<'a> {
             plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
         }
         let [left, right] = new_keys;
-        plan.ops_ok.push(Op::PutLink { sync: self.sync(), link: Link { base: merged.base, left, right, ..link } });
+        let pending = Default::default();
+        plan.ops_ok
+            .push(Op::PutLink { sync: self.sync(), link: Link { base: merged.base, left, right, pending, ..link } });
         Ok(())
     }
 
@@ -1407,7 +1431,7 @@ impl<'a> Engine<'a> {
         let mut base = link.base.clone();
         base.insert(field.name.clone(), value.clone());
         self.store.commit(vec![
-            Op::PutLink { sync: self.sync(), link: Link { base, ..link.clone() } },
+            Op::PutLink { sync: self.sync(), link: Link { base, pending: Default::default(), ..link.clone() } },
             Op::CloseConflict { id, resolution: label.clone() },
             Op::Audit(AuditRow {
                 kind: "resolve".into(),

@@ -80,6 +80,8 @@ pub struct MemoryTable {
     pub mapped_key: bool,
     /// Bulk inserts are refused (as a target with a clashing key or a strict column would).
     pub refuse_bulk: bool,
+    /// The table cannot say when a record last changed (as PostgreSQL's capture cannot).
+    pub no_change_times: bool,
 }
 
 impl MemoryTable {
@@ -101,6 +103,7 @@ impl MemoryTable {
             interfere: Vec::new(),
             mapped_key: false,
             refuse_bulk: false,
+            no_change_times: false,
         }
     }
 
@@ -252,6 +255,9 @@ impl Connector for MemoryTable {
 
     fn last_change_at(&mut self, key: &Key) -> Result<Option<i64>, ConnectorError> {
         self.gate()?;
+        if self.no_change_times {
+            return Ok(None);
+        }
         Ok(self.log.iter().rev().find(|t| &t.key == key).map(|t| t.at_ms))
     }
 

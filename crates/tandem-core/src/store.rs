@@ -32,6 +32,10 @@ pub struct Link {
     /// Set when the record was deleted on that side and the delete rule kept the other side's
     /// record (soft or ignore): the record is no longer synced, and is not created again.
     pub tombstone: Option<Side>,
+    /// Values Tandem is writing to each side (canonical field → value), recorded before the
+    /// write and cleared with the new base after it: after a crash in between, a side whose
+    /// value is the one Tandem wrote has not been changed by a user.
+    pub pending: [Row; 2],
 }
 
 impl Link {

@@ -90,6 +90,11 @@ impl World {
         let fuse = Fuse::default();
         let mut tables =
             [MemoryTable::new("id", clock.clone(), fuse.clone()), MemoryTable::new("no", clock.clone(), fuse.clone())];
+        if rng.u8(0..3) == 0 {
+            for t in &mut tables {
+                t.no_change_times = true;
+            }
+        }
         if mapped_keys {
             tables[1].generate_keys_from(1_000_000);
             for t in &mut tables {
