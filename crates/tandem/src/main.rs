@@ -124,6 +124,11 @@ fn main() {
     // Both rustls crypto providers are in the tree; pick one before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    // Reporting commands end quietly when their reader goes away (`tandem audit | head`), as
+    // command-line tools do; `run` keeps ignoring SIGPIPE so a closed log pipe cannot kill it.
+    if !matches!(cli.command, Command::Run { .. }) {
+        sigpipe::reset();
+    }
     // The demo narrates on stdout; batch log lines would only repeat it.
     init_logs(cli.log_format, if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
     let result = match cli.command {

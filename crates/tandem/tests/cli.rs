@@ -371,3 +371,18 @@ only_from = "b"
     assert!(idle.contains("a → b: 0 created, 0 updated, 0 deleted"), "{idle}");
     assert!(idle.contains("b → a: 0 created, 0 updated, 0 deleted"), "{idle}");
 }
+
+#[test]
+fn a_report_piped_into_a_closed_reader_ends_quietly() {
+    let dir = TempDir::new("pipe");
+    let cfg = pair(&dir, "");
+    let c = cfg.to_str().unwrap();
+    db(&dir.path("a.db")).execute("INSERT INTO people (name, email) VALUES ('Ada Lovelace', 'ada@x')", []).unwrap();
+    assert!(tandem(&["run", "--once", "-c", c]).status.success());
+    // The reader is gone before tandem writes a line (`tandem audit | head -0`).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin()).args(["audit", "-c", c]).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && out.status.code() != Some(101), "{err}");
+}
