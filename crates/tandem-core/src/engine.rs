@@ -155,6 +155,13 @@ struct BulkPending {
     left: Vec<String>,
 }
 
+impl BulkPending {
+    /// Ops removing the page's links (the page did not land).
+    fn drop_links(&self, sync: &str) -> Vec<Op> {
+        self.left.iter().filter_map(|k| Key::parse(k)).map(|left| Op::DropLink { sync: sync.into(), left }).collect()
+    }
+}
+
 /// What a group does, decided before anything is written.
 #[derive(Default)]
 struct GroupPlan {
@@ -369,12 +376,7 @@ impl<'a> Engine<'a> {
                 self.finish_bulk(side, &pending, &mut Report::default())?;
             } else {
                 // The batch never reached the target: forget its links and read the page again.
-                let mut ops: Vec<Op> = pending
-                    .left
-                    .iter()
-                    .filter_map(|k| Key::parse(k))
-                    .map(|left| Op::DropLink { sync: self.sync(), left })
-                    .collect();
+                let mut ops = pending.drop_links(&self.spec.name);
                 ops.push(Op::Meta { sync: self.sync(), name: format!("bulk_pending:{side}"), value: None });
                 self.store.commit(ops)?;
             }
@@ -559,9 +561,7 @@ impl<'a> Engine<'a> {
                 // refused before the page's links were committed, its other records' touches
                 // are committed here.
                 let mut ops: Vec<Op> = first.take().unwrap_or_default();
-                for left in pending.iter().flat_map(|p| &p.left).filter_map(|k| Key::parse(k)) {
-                    ops.push(Op::DropLink { sync: self.sync(), left });
-                }
+                ops.extend(pending.iter().flat_map(|p| p.drop_links(&self.spec.name)));
                 ops.extend(sources.into_iter().map(|key| Op::Touch { sync: self.sync(), side, key, at: 0 }));
                 ops.extend(self.bulk_done_ops(side, &next));
                 ops.push(Op::Audit(AuditRow {

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,15 +88,7 @@ fn sigkill_during_a_two_sided_workload_converges_without_duplicates() {
     };
 
     for _ in 0..kills {
-        let child = Kill(
-            Command::new(bin())
-                .args(["run", "-c", cfg.to_str().unwrap()])
-                .env("TANDEM_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let child = run_in_background(cfg.to_str().unwrap());
         std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
         drop(child); // SIGKILL
     }

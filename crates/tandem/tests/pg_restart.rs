@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn restart_postgres() {
@@ -39,15 +39,7 @@ fn tandem_resumes_after_postgres_restarts() {
     );
     std::fs::write(dir.path("tandem.toml"), cfg).unwrap();
     let c = dir.path("tandem.toml");
-    let _child = Kill(
-        Command::new(bin())
-            .args(["run", "-c", c.to_str().unwrap()])
-            .env("TANDEM_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _child = run_in_background(c.to_str().unwrap());
     let lite = db(&dir.path("b.db"));
     let wait = |sql: &str, want: i64| {
         let start = Instant::now();

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TYPES_TABLE: &str = "CREATE TABLE items (
@@ -93,15 +92,7 @@ fn pg_to_pg_keeps_every_type_exact_both_ways() {
 
     // While it runs, WAL written by unpublished tables does not pile up behind the slots:
     // keepalives are acknowledged when nothing is pending.
-    let _run = Kill(
-        Command::new(bin())
-            .args(["run", "-c", c])
-            .env("TANDEM_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _run = run_in_background(c);
     a.sql("CREATE TABLE other (x int); INSERT INTO other SELECT generate_series(1, 50000)");
     let wal = a.sql("SELECT pg_current_wal_lsn()");
     let start = Instant::now();
@@ -332,15 +323,7 @@ fn bulk_load_into_an_empty_side_keeps_types_and_survives_sigkill() {
     };
     let mut rng = fastrand::Rng::new();
     for round in 0..6 {
-        let child = Kill(
-            Command::new(bin())
-                .args(["run", "-c", &c])
-                .env("TANDEM_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let child = run_in_background(&c);
         if round == 0 {
             let start = Instant::now();
             let state = dir.path("state.db");
@@ -445,15 +428,7 @@ fn sigkill_during_load_and_stream_converges_without_duplicates() {
     };
     let mut rng = fastrand::Rng::new();
     for _ in 0..12 {
-        let child = Kill(
-            Command::new(bin())
-                .args(["run", "-c", &c])
-                .env("TANDEM_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let child = run_in_background(&c);
         std::thread::sleep(Duration::from_millis(rng.u64(100..900)));
         drop(child);
     }
@@ -492,15 +467,7 @@ fn writes_during_the_initial_load_are_not_lost() {
     let cfg = crm_erp_config(&dir, &crm, "");
     let c = cfg.to_str().unwrap().to_string();
     crm.sql("INSERT INTO contacts (full_name, email_address) SELECT 'Load ' || g, 'load' || g || '@x' FROM generate_series(1, 10000) g");
-    let child = Kill(
-        Command::new(bin())
-            .args(["run", "-c", &c])
-            .env("TANDEM_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let child = run_in_background(&c);
     // While the load runs: edit rows at both ends of the key range and add new ones.
     for n in 0..40 {
         crm.sql(&format!("UPDATE contacts SET phone = 'during {n}' WHERE id IN ({}, {}); INSERT INTO contacts (full_name, email_address) VALUES ('Late {n}', 'late{n}@x')", 1 + n, 9_990 - n));

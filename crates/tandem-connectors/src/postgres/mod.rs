@@ -693,6 +693,26 @@ impl PgTable {
         }
     }
 
+    /// One statement inserting rows of these columns from text arrays `$1…` (one per column),
+    /// returning the keys as text. Ordered by the arrays' ordinality, so RETURNING gives the
+    /// rows in insertion order.
+    fn unnest_insert_sql<C: AsRef<str>>(&self, cols: &[C]) -> String {
+        let unnest: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
+        let names: Vec<String> = (1..=cols.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> =
+            cols.iter().enumerate().map(|(i, c)| format!("u.c{}::{}", i + 1, self.cast(c.as_ref()))).collect();
+        let keys: Vec<String> = self.key.iter().map(|k| format!("{}::text", ident(k))).collect();
+        format!(
+            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, ord) ORDER BY u.ord RETURNING {}",
+            self.qualified(),
+            cols.iter().map(|c| ident(c.as_ref())).collect::<Vec<_>>().join(", "),
+            casts.join(", "),
+            unnest.join(", "),
+            names.join(", "),
+            keys.join(", ")
+        )
+    }
+
     /// Inserts `rows` (inside the caller's transaction) with one statement per set of columns
     /// and returns the keys the server gave them, in row order; `Ok(Err)` when one got none.
     async fn insert_returning(&self, rows: &[Row]) -> Result<Result<Vec<Key>, RowError>, tokio_postgres::Error> {
@@ -713,20 +733,7 @@ impl PgTable {
             } else {
                 let arrays: Vec<Vec<Option<String>>> =
                     cols.iter().map(|c| idx.iter().map(|i| to_text(&rows[*i][*c])).collect()).collect();
-                let unnest: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
-                let names: Vec<String> = (1..=cols.len()).map(|i| format!("c{i}")).collect();
-                let casts: Vec<String> =
-                    cols.iter().enumerate().map(|(i, c)| format!("u.c{}::{}", i + 1, self.cast(c))).collect();
-                // ORDER BY the ordinality: RETURNING gives the rows in insertion order.
-                let sql = format!(
-                    "INSERT INTO {} ({}) SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, ord) ORDER BY u.ord RETURNING {}",
-                    self.qualified(),
-                    cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
-                    casts.join(", "),
-                    unnest.join(", "),
-                    names.join(", "),
-                    keys_sql.join(", ")
-                );
+                let sql = self.unnest_insert_sql(&cols);
                 let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
                 self.client.query(&sql, &refs).await?
             };
@@ -816,20 +823,7 @@ impl PgTable {
         let cols: Vec<String> = rows[0].1.keys().cloned().collect();
         let arrays: Vec<Vec<Option<String>>> =
             cols.iter().map(|c| rows.iter().map(|(_, r)| to_text(&r[c])).collect()).collect();
-        let unnest: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
-        let names: Vec<String> = (1..=cols.len()).map(|i| format!("c{i}")).collect();
-        let casts: Vec<String> =
-            cols.iter().enumerate().map(|(i, c)| format!("u.c{}::{}", i + 1, self.cast(c))).collect();
-        let keys: Vec<String> = self.key.iter().map(|k| format!("{}::text", ident(k))).collect();
-        let sql = format!(
-            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, ord) ORDER BY u.ord RETURNING {}",
-            self.qualified(),
-            cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
-            casts.join(", "),
-            unnest.join(", "),
-            names.join(", "),
-            keys.join(", ")
-        );
+        let sql = self.unnest_insert_sql(&cols);
         let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
         let returned = self.client.query(&sql, &refs).await?;
         let mut out = Vec::with_capacity(group.len());

@@ -120,6 +120,19 @@ impl Drop for Kill {
     }
 }
 
+/// `tandem run -c CONFIG` in the background, quiet; SIGKILLed when the guard drops.
+pub fn run_in_background(config: &str) -> Kill {
+    Kill(
+        Command::new(bin())
+            .args(["run", "-c", config])
+            .env("TANDEM_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tandem runs"),
+    )
+}
+
 /// Runs SQL through `psql` on the local PostgreSQL (the machine's server, trust auth);
 /// returns the unaligned output (`|` between fields, one row a line).
 pub fn psql(db: &str, sql: &str) -> String {
