@@ -679,7 +679,7 @@ impl<'a> Engine<'a> {
             let gi = match index.get(&(e.side, e.key.clone())) {
                 Some(i) => *i,
                 None => {
-                    let link = links[e.side.index()].get(&e.key).cloned();
+                    let link = links[e.side.index()].remove(&e.key);
                     let mut keys = [None, None];
                     keys[e.side.index()] = Some(e.key.clone());
                     if let Some(l) = &link {
