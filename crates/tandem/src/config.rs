@@ -61,6 +61,11 @@ pub enum System {
         /// Connection settings, with the password from the environment (never printed).
         url: Box<tandem_connectors::postgres::PgUrl>,
     },
+    /// A MariaDB or MySQL database.
+    Mysql {
+        /// Connection settings, with the password from the environment (never printed).
+        url: Box<tandem_connectors::mysql::MyUrl>,
+    },
 }
 
 /// A validated config.
@@ -380,37 +385,50 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
                     "add `path = \"file.db\"` (relative to the config file)",
                 ),
             },
-            "postgres" => match &sys.url {
-                Some(u) if literal_password(u.get_ref()) => ctx.at(
-                    u.span(),
-                    format!("system `{name}`: the url has its password written out; secrets never go in config files"),
-                    "write the password as an environment reference: postgres://user:${PGPASSWORD}@host/db",
-                ),
-                Some(u) => match expand_env(u.get_ref()) {
-                    Ok(expanded) => match tandem_connectors::postgres::PgUrl::parse(&expanded) {
-                        Ok(url) => {
-                            systems.insert(name.clone(), System::Postgres { url: Box::new(url) });
-                        }
-                        Err(e) => ctx.at(
-                            u.span(),
-                            format!("system `{name}`: url is {e}"),
-                            "write postgres://user:${PGPASSWORD}@host:5432/database",
+            kind @ ("postgres" | "mysql" | "mariadb") => {
+                let (scheme, var, port) = if kind == "postgres" {
+                    ("postgres", "PGPASSWORD", 5432)
+                } else {
+                    ("mysql", "MYSQL_PASSWORD", 3306)
+                };
+                let example = format!("{scheme}://user:${{{var}}}@host:{port}/database");
+                match &sys.url {
+                    Some(u) if literal_password(u.get_ref()) => ctx.at(
+                        u.span(),
+                        format!(
+                            "system `{name}`: the url has its password written out; secrets never go in config files"
                         ),
+                        format!("write the password as an environment reference: {example}"),
+                    ),
+                    Some(u) => match expand_env(u.get_ref()) {
+                        Ok(expanded) => {
+                            let parsed = if kind == "postgres" {
+                                tandem_connectors::postgres::PgUrl::parse(&expanded)
+                                    .map(|url| System::Postgres { url: Box::new(url) })
+                            } else {
+                                tandem_connectors::mysql::MyUrl::parse(&expanded)
+                                    .map(|url| System::Mysql { url: Box::new(url) })
+                            };
+                            match parsed {
+                                Ok(system) => {
+                                    systems.insert(name.clone(), system);
+                                }
+                                Err(e) => {
+                                    ctx.at(u.span(), format!("system `{name}`: url is {e}"), format!("write {example}"))
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            ctx.at(u.span(), format!("system `{name}`: {e}"), "set the variable before running tandem")
+                        }
                     },
-                    Err(e) => {
-                        ctx.at(u.span(), format!("system `{name}`: {e}"), "set the variable before running tandem")
-                    }
-                },
-                None => ctx.at(
-                    span,
-                    format!("system `{name}` has no `url`"),
-                    "add url = \"postgres://user:${PGPASSWORD}@host:5432/database\"",
-                ),
-            },
+                    None => ctx.at(span, format!("system `{name}` has no `url`"), format!("add url = \"{example}\"")),
+                }
+            }
             other => ctx.at(
                 sys.kind.span(),
                 format!("system `{name}` has kind `{other}`, which this version does not support"),
-                "use kind = \"sqlite\" or \"postgres\"",
+                "use kind = \"sqlite\", \"postgres\" or \"mysql\" (MariaDB or MySQL)",
             ),
         }
     }

@@ -4,6 +4,7 @@
 use crate::config::{Config, System};
 use crate::error::CliError;
 use std::time::{Duration, Instant};
+use tandem_connectors::mysql::MyTable;
 use tandem_connectors::postgres::PgTable;
 use tandem_connectors::sqlite::SqliteTable;
 use tandem_connectors::state::SqliteStore;
@@ -159,5 +160,6 @@ pub fn open_entity(cfg: &Config, i: usize, side: Side) -> Result<Box<dyn Connect
     Ok(match &cfg.systems[&ent.system] {
         System::Sqlite { path } => Box::new(SqliteTable::open(path, &ent.table, &ent.key)?),
         System::Postgres { url } => Box::new(PgTable::open(url, &ent.table, &ent.key, &spec.name, side.as_str())?),
+        System::Mysql { url } => Box::new(MyTable::open(url, &ent.table, &ent.key, &spec.name, side.as_str())?),
     })
 }

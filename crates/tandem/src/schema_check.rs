@@ -110,6 +110,33 @@ fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, 
                 })
                 .collect())
         }
+        System::Mysql { url } => {
+            let unreachable = |e: tandem_connectors::ConnectorError| {
+                vec![(
+                    format!("system `{system}`: {e}"),
+                    "check the url, that the server runs, and that the user may connect (see the README's MariaDB section)"
+                        .into(),
+                )]
+            };
+            let missing = tandem_connectors::mysql::missing_requirements(url).map_err(unreachable)?;
+            if !missing.is_empty() {
+                return Err(missing
+                    .into_iter()
+                    .map(|(what, fix)| (format!("system `{system}`: {what}"), fix))
+                    .collect());
+            }
+            let cols = tandem_connectors::mysql::table_columns(url, table).map_err(unreachable)?;
+            Ok(cols
+                .into_iter()
+                .map(|c| Column {
+                    name: c.name,
+                    decl_type: c.column_type.to_ascii_uppercase(),
+                    not_null: c.not_null,
+                    generated: c.has_default,
+                    pk: c.pk,
+                })
+                .collect())
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 mod codec;
 mod stream;
-mod tls;
+pub(crate) mod tls;
 
 use codec::{copy_text, fits, from_text, key_value, to_text};
 use pgwire_replication::{Lsn, ReplicationConfig};

@@ -1,0 +1,1102 @@
+//! MariaDB/MySQL tables: capture from the row-based binary log, batched apply in transactions
+//! marked as Tandem's own by a row of `_tandem_writes`, intents and batch markers in
+//! `_tandem_intents` (both tables in the synced table's database).
+
+mod binlog;
+pub(crate) mod codec;
+
+use crate::postgres::tls::{split_url, SslMode};
+use binlog::{pos, split, Capture, Target, WRITES_TABLE};
+use codec::{decode, ident, key_value, literal, Kind};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
+use std::collections::HashMap;
+use std::time::Duration;
+use tandem_core::connector::{
+    CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write, WriteResult,
+};
+use tandem_core::value::{Key, Row, Value};
+
+/// Connection settings parsed from a `mysql://` (or `mariadb://`) URL; the password is never
+/// printed.
+#[derive(Clone)]
+pub struct MyUrl {
+    opts: Opts,
+}
+
+impl std::fmt::Debug for MyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+impl MyUrl {
+    /// Parses a URL: `sslmode` (disable, prefer, require, verify-ca, verify-full) and
+    /// `sslrootcert` as for PostgreSQL. The error never repeats the URL (it may hold a password).
+    pub fn parse(url: &str) -> Result<MyUrl, String> {
+        let url = match url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => url.to_string(),
+        };
+        let (rest, tls) = split_url(&url)?;
+        let opts = Opts::from_url(&rest).map_err(|e| format!("not a valid mysql:// URL ({e})"))?;
+        if opts.db_name().is_none_or(str::is_empty) {
+            return Err("the URL names no database: write mysql://user:${MYSQL_PASSWORD}@host:3306/database".into());
+        }
+        let ssl = match tls.mode {
+            SslMode::Disable | SslMode::Prefer => None,
+            mode => {
+                let mut s = SslOpts::default();
+                if let Some(root) = &tls.root_cert {
+                    s = s.with_root_certs(vec![root.clone().into()]);
+                }
+                Some(
+                    s.with_danger_accept_invalid_certs(mode == SslMode::Require)
+                        .with_danger_skip_domain_validation(mode != SslMode::VerifyFull),
+                )
+            }
+        };
+        let opts = OptsBuilder::from_opts(opts)
+            .ssl_opts(ssl)
+            .client_found_rows(true)
+            .prefer_socket(false)
+            .init(vec![
+                // Strict: a value that does not fit is refused, never cut or zeroed. TIMESTAMP
+                // columns are read and written in UTC.
+                "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00', NAMES utf8mb4",
+            ]);
+        Ok(MyUrl { opts: opts.into() })
+    }
+
+    fn db(&self) -> String {
+        self.opts.db_name().unwrap_or_default().to_string()
+    }
+
+    /// `host:port/db`, for messages.
+    pub fn label(&self) -> String {
+        format!("{}:{}/{}", self.opts.ip_or_hostname(), self.opts.tcp_port(), self.db())
+    }
+}
+
+/// One column of a table.
+#[derive(Clone, Debug)]
+pub struct MyColumn {
+    /// Name.
+    pub name: String,
+    /// `DATA_TYPE` (`int`, `varchar`, …).
+    pub data_type: String,
+    /// `COLUMN_TYPE` (`int(10) unsigned`, `enum('a','b')`, …).
+    pub column_type: String,
+    /// NOT NULL.
+    pub not_null: bool,
+    /// Has a default or is AUTO_INCREMENT (may be left out of an insert).
+    pub has_default: bool,
+    /// AUTO_INCREMENT.
+    pub auto_increment: bool,
+    /// Position in the primary key (1-based), 0 when not part of it.
+    pub pk: i64,
+    kind: Kind,
+}
+
+fn my_err(what: impl std::fmt::Display, e: mysql_async::Error) -> ConnectorError {
+    let kind = match &e {
+        mysql_async::Error::Server(s) if matches!(s.code, 1044 | 1045 | 1049 | 1142 | 1146 | 1054 | 1227) => {
+            ErrorKind::Schema
+        }
+        mysql_async::Error::Server(_) | mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => {
+            ErrorKind::Unavailable
+        }
+        _ => ErrorKind::Internal,
+    };
+    ConnectorError { kind, message: format!("{what}: {e}"), source: Some(Box::new(e)) }
+}
+
+/// Server errors that refuse one row's values (the rest of the batch can still go).
+fn row_refusal(e: &mysql_async::Error) -> Option<&mysql_async::ServerError> {
+    match e {
+        // Duplicate key, NOT NULL, FK, check, data too long, out of range, bad value/date,
+        // truncated, bad JSON, bad enum value.
+        mysql_async::Error::Server(s)
+            if matches!(
+                s.code,
+                1048 | 1062
+                    | 1169
+                    | 1216
+                    | 1217
+                    | 1264
+                    | 1265
+                    | 1292
+                    | 1366
+                    | 1406
+                    | 1451
+                    | 1452
+                    | 3819
+                    | 4025
+                    | 4078
+                    | 1411
+                    | 1367
+                    | 3140
+            ) =>
+        {
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ConnectorError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| ConnectorError::new(ErrorKind::Internal, format!("starting the I/O runtime: {e}")))
+}
+
+/// name, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, position in the primary key.
+type ColumnRow = (String, String, String, String, Option<String>, String, Option<i64>);
+
+async fn columns(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<MyColumn>, mysql_async::Error> {
+    let rows: Vec<ColumnRow> = conn
+        .exec(
+            "SELECT c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE, c.COLUMN_DEFAULT, c.EXTRA,
+               (SELECT k.ORDINAL_POSITION FROM information_schema.KEY_COLUMN_USAGE k WHERE k.TABLE_SCHEMA = c.TABLE_SCHEMA
+                  AND k.TABLE_NAME = c.TABLE_NAME AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY')
+             FROM information_schema.COLUMNS c WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION",
+            (db, table),
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, data_type, column_type, nullable, default, extra, pk)| {
+            let auto_increment = extra.contains("auto_increment");
+            MyColumn {
+                kind: Kind::of(&data_type, &column_type),
+                name,
+                data_type,
+                column_type,
+                not_null: nullable == "NO",
+                has_default: auto_increment || default.is_some(),
+                auto_increment,
+                pk: pk.unwrap_or(0),
+            }
+        })
+        .collect())
+}
+
+/// The columns of `table` (for the config check).
+pub fn table_columns(url: &MyUrl, table: &str) -> Result<Vec<MyColumn>, ConnectorError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut conn =
+            Conn::new(url.opts.clone()).await.map_err(|e| my_err(format_args!("connecting to {}", url.label()), e))?;
+        let cols =
+            columns(&mut conn, &url.db(), table).await.map_err(|e| my_err(format_args!("reading {table}"), e))?;
+        let _ = conn.disconnect().await;
+        Ok(cols)
+    })
+}
+
+/// What the server lacks for Tandem (setting or grant, and how to fix it); empty when ready.
+pub fn missing_requirements(url: &MyUrl) -> Result<Vec<(String, String)>, ConnectorError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let fail = |e| my_err(format_args!("checking {}", url.label()), e);
+        let mut conn = Conn::new(url.opts.clone()).await.map_err(fail)?;
+        let mut missing = Vec::new();
+        let (log_bin, format, image): (i64, String, String) = conn
+            .query_first("SELECT @@log_bin, @@global.binlog_format, @@global.binlog_row_image")
+            .await
+            .map_err(fail)?
+            .unwrap_or((0, String::new(), String::new()));
+        if log_bin != 1 {
+            missing.push((
+                "the binary log is off".into(),
+                "set log_bin = ON (and server_id) in the server's config, then restart it (scripts/mariadb-setup does this for a test server)".into(),
+            ));
+        }
+        if format != "ROW" {
+            missing.push((
+                format!("binlog_format is {format}; Tandem reads row changes"),
+                "SET GLOBAL binlog_format = 'ROW', and put binlog_format = ROW in the server's config".into(),
+            ));
+        }
+        if image == "MINIMAL" {
+            missing.push((
+                "binlog_row_image is MINIMAL".into(),
+                "SET GLOBAL binlog_row_image = 'FULL' (or NOBLOB)".into(),
+            ));
+        }
+        let grants: Vec<String> = conn.query("SHOW GRANTS").await.map_err(fail)?;
+        let all = grants.join("\n").to_ascii_uppercase();
+        let has = |p: &str| all.contains("ALL PRIVILEGES ON *.*") || all.contains(p);
+        if !has("REPLICATION SLAVE") && !has("REPLICATION REPLICA") {
+            missing.push(("the user may not read the binary log".into(), "GRANT REPLICATION SLAVE ON *.* TO the sync user".into()));
+        }
+        if !has("REPLICATION CLIENT") && !has("BINLOG MONITOR") && !has("SUPER") {
+            missing.push((
+                "the user may not see binary log positions".into(),
+                "GRANT BINLOG MONITOR ON *.* (MariaDB; REPLICATION CLIENT on MySQL) TO the sync user".into(),
+            ));
+        }
+        let _ = conn.disconnect().await;
+        Ok(missing)
+    })
+}
+
+/// One table of one MariaDB/MySQL database.
+pub struct MyTable {
+    rt: tokio::runtime::Runtime,
+    conn: Option<Conn>,
+    url: MyUrl,
+    table: String,
+    key: Vec<String>,
+    columns: Vec<MyColumn>,
+    /// Names Tandem's row in `_tandem_writes` and the replica id of its binlog stream.
+    name: String,
+    capture: Option<Capture>,
+}
+
+/// A replica server id for a stream name, away from the small ids servers use.
+fn server_id(name: &str) -> u32 {
+    // FNV-1a: stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    0x4000_0000 | (h & 0x3fff_ffff)
+}
+
+impl MyTable {
+    /// Connects and reads the table's columns.
+    pub fn open(url: &MyUrl, table: &str, key: &[String], sync: &str, side: &str) -> Result<MyTable, ConnectorError> {
+        let rt = runtime()?;
+        let db = url.db();
+        let (conn, cols) = rt.block_on(async {
+            let mut conn = Conn::new(url.opts.clone())
+                .await
+                .map_err(|e| my_err(format_args!("connecting to {}", url.label()), e))?;
+            let cols = columns(&mut conn, &db, table).await.map_err(|e| my_err(format_args!("reading {table}"), e))?;
+            Ok::<_, ConnectorError>((conn, cols))
+        })?;
+        if cols.is_empty() {
+            return Err(ConnectorError::new(
+                ErrorKind::Schema,
+                format!("table `{table}` does not exist in {}", url.label()),
+            ));
+        }
+        for k in key {
+            if !cols.iter().any(|c| &c.name == k) {
+                return Err(ConnectorError::new(
+                    ErrorKind::Schema,
+                    format!("key column `{k}` does not exist in {table}"),
+                ));
+            }
+        }
+        Ok(MyTable {
+            rt,
+            conn: Some(conn),
+            url: url.clone(),
+            table: table.to_string(),
+            key: key.to_vec(),
+            columns: cols,
+            name: format!("{sync}:{side}:{table}"),
+            capture: None,
+        })
+    }
+
+    fn label(&self) -> String {
+        format!("{} table {}", self.url.label(), self.table)
+    }
+
+    fn qualified(&self) -> String {
+        ident(&self.table)
+    }
+
+    fn column(&self, name: &str) -> Option<&MyColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The connection, opened again if a failure dropped it.
+    fn conn(&mut self) -> Result<&mut Conn, ConnectorError> {
+        if self.conn.is_none() {
+            let c = self
+                .rt
+                .block_on(Conn::new(self.url.opts.clone()))
+                .map_err(|e| my_err(format_args!("connecting to {}", self.url.label()), e))?;
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Runs `f` on the connection; an error that is not a refused row drops the connection
+    /// (the next call reconnects).
+    fn with<T>(
+        &mut self,
+        what: &str,
+        f: impl for<'c> FnOnce(&'c mut Conn) -> futures_util::future::BoxFuture<'c, Result<T, mysql_async::Error>>,
+    ) -> Result<T, ConnectorError> {
+        let label = self.label();
+        self.conn()?;
+        let conn = self.conn.as_mut().expect("connected above");
+        let out = self.rt.block_on(f(conn));
+        out.map_err(|e| {
+            self.conn = None;
+            my_err(format_args!("{what} {label}"), e)
+        })
+    }
+
+    fn select_list(&self) -> String {
+        self.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>().join(", ")
+    }
+
+    fn row_from(&self, r: &mysql_async::Row) -> (Key, Row) {
+        let mut row = Row::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            let v = r.as_ref(i).map(|v| decode(c.kind, v)).unwrap_or(Value::Null);
+            row.insert(c.name.clone(), v);
+        }
+        let key =
+            Key::from_values(&self.key.iter().map(|k| row.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>());
+        (key, row)
+    }
+
+    fn key_literals(&self, key: &Key) -> Result<Vec<String>, ConnectorError> {
+        key.values()
+            .iter()
+            .map(|v| literal(v).map_err(|e| ConnectorError::new(ErrorKind::Internal, format!("key value: {e}"))))
+            .collect()
+    }
+
+    fn key_match(&self, key: &Key) -> Result<String, ConnectorError> {
+        let lits = self.key_literals(key)?;
+        Ok(self.key.iter().zip(lits).map(|(k, l)| format!("{} = {l}", ident(k))).collect::<Vec<_>>().join(" AND "))
+    }
+
+    fn keys_in(&self, keys: &[Key]) -> Result<String, ConnectorError> {
+        let cols: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+        let mut tuples = Vec::with_capacity(keys.len());
+        for k in keys {
+            tuples.push(format!("({})", self.key_literals(k)?.join(", ")));
+        }
+        Ok(format!("({}) IN ({})", cols.join(", "), tuples.join(", ")))
+    }
+
+    fn query_rows(&mut self, what: &str, sql: String) -> Result<Vec<(Key, Row)>, ConnectorError> {
+        let rows: Vec<mysql_async::Row> = self.with(what, move |c| Box::pin(c.query(sql)))?;
+        Ok(rows.iter().map(|r| self.row_from(r)).collect())
+    }
+
+    /// The value check done before writing, so the dead letter names the column.
+    fn check_fit(&self, values: &Row) -> Result<(), RowError> {
+        for (col, v) in values {
+            let Some(c) = self.column(col) else {
+                return Err(RowError::new(
+                    Some(col.clone()),
+                    Some(v.type_name()),
+                    format!("column {}.{col} does not exist", self.table),
+                ));
+            };
+            if let Err(e) = literal(v) {
+                return Err(RowError::new(Some(col.clone()), Some(v.type_name()), e));
+            }
+            if let (Kind::Bytes, Value::Text(_)) | (Kind::Int { .. } | Kind::Bool, Value::Bytes(_)) = (c.kind, v) {
+                if c.kind != Kind::Bytes {
+                    return Err(RowError::new(
+                        Some(col.clone()),
+                        Some(v.type_name()),
+                        format!("column {}.{col} is {}; a blob does not fit", self.table, c.column_type),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn refused(&self, s: &mysql_async::ServerError, values: Option<&Row>) -> RowError {
+        // "Data too long for column 'x' at row 1", "Column 'x' cannot be null", "Incorrect … value: '…' for column `db`.`t`.`x`".
+        let column = self
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .find(|n| s.message.contains(&format!("'{n}'")) || s.message.contains(&format!("`{n}`")));
+        let value_type = column.as_ref().map(|c| values.and_then(|v| v.get(c)).map(Value::type_name).unwrap_or("null"));
+        RowError::new(column, value_type, format!("{} refused the write: {}", self.label(), s.message))
+    }
+
+    /// Values of an insert, leaving out NULLs for NOT NULL columns that have a default.
+    fn insert_values(&self, values: &Row) -> Row {
+        values
+            .iter()
+            .filter(|(c, v)| !(v.is_null() && self.column(c).is_some_and(|x| x.not_null && x.has_default)))
+            .map(|(c, v)| (c.clone(), v.clone()))
+            .collect()
+    }
+
+    fn insert_sql(&self, cols: &[String], rows: &[Vec<String>]) -> String {
+        let cols: Vec<String> = cols.iter().map(|c| ident(c)).collect();
+        let tuples: Vec<String> = rows.iter().map(|r| format!("({})", r.join(", "))).collect();
+        if cols.is_empty() {
+            return format!("INSERT INTO {} () VALUES {}", self.qualified(), tuples.join(", "));
+        }
+        format!("INSERT INTO {} ({}) VALUES {}", self.qualified(), cols.join(", "), tuples.join(", "))
+    }
+
+    fn auto_key(&self) -> Option<&MyColumn> {
+        match self.key.as_slice() {
+            [k] => self.column(k).filter(|c| c.auto_increment),
+            _ => None,
+        }
+    }
+
+    fn stop_capture(&mut self) {
+        if let Some(c) = self.capture.take() {
+            self.rt.block_on(c.stop());
+        }
+    }
+
+    /// The server's current binlog position and base name.
+    fn master(&mut self) -> Result<(String, u64), ConnectorError> {
+        let row: Option<mysql_async::Row> =
+            self.with("reading the binlog position of", |c| Box::pin(c.query_first("SHOW MASTER STATUS")))?;
+        let Some(row) = row else {
+            return Err(ConnectorError::new(
+                ErrorKind::Schema,
+                format!(
+                    "{} has no binary log: set log_bin = ON and binlog_format = ROW, then restart the server",
+                    self.url.label()
+                ),
+            ));
+        };
+        let file: String = row.get(0).unwrap_or_default();
+        let offset: u64 = row.get(1).unwrap_or_default();
+        let (base, n) = file
+            .rsplit_once('.')
+            .and_then(|(b, n)| Some((b.to_string(), n.parse::<u32>().ok()?)))
+            .ok_or_else(|| ConnectorError::new(ErrorKind::Internal, format!("unreadable binlog file name {file}")))?;
+        Ok((base, pos(n, offset as u32)))
+    }
+
+    fn binlog_files(&mut self) -> Result<Vec<(String, u64)>, ConnectorError> {
+        let rows: Vec<mysql_async::Row> =
+            self.with("listing the binlog files of", |c| Box::pin(c.query("SHOW BINARY LOGS")))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0).unwrap_or_default(), r.get::<u64, _>(1).unwrap_or_default()))
+            .collect())
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            db: self.url.db(),
+            table: self.table.clone(),
+            key: self
+                .key
+                .iter()
+                .filter_map(|k| self.columns.iter().position(|c| &c.name == k).map(|i| (i, self.columns[i].kind)))
+                .collect(),
+        }
+    }
+
+    fn installed(&mut self) -> Result<bool, ConnectorError> {
+        let name = self.name.clone();
+        let db = self.url.db();
+        let exists: Option<i64> = self.with("reading", move |c| {
+            Box::pin(c.exec_first(
+                "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, WRITES_TABLE),
+            ))
+        })?;
+        if exists.unwrap_or(0) == 0 {
+            return Ok(false);
+        }
+        let row: Option<i64> = self.with("reading", move |c| {
+            Box::pin(c.exec_first(format!("SELECT count(*) FROM {} WHERE id = ?", ident(WRITES_TABLE)), (name,)))
+        })?;
+        Ok(row.unwrap_or(0) > 0)
+    }
+
+    async fn write_one(conn: &mut Conn, t: &MyTable, w: &Write) -> Result<Result<Key, RowError>, mysql_async::Error> {
+        match w {
+            Write::Insert { intent, values } => {
+                let values = t.insert_values(values);
+                let cols: Vec<String> = values.keys().cloned().collect();
+                let lits: Vec<String> = values.values().map(|v| literal(v).unwrap_or_else(|_| "NULL".into())).collect();
+                conn.query_drop(t.insert_sql(&cols, &[lits])).await?;
+                let key = match t.key_of(&values) {
+                    Some(k) => k,
+                    None => match (t.auto_key(), conn.last_insert_id()) {
+                        (Some(_), Some(id)) if id > 0 => Key::from_values(&[Value::Int(id as i64)]),
+                        _ => {
+                            return Ok(Err(RowError::new(
+                                None,
+                                None,
+                                format!(
+                                    "{} gave the new record no key: map a field to the key column or make it AUTO_INCREMENT",
+                                    t.label()
+                                ),
+                            )))
+                        }
+                    },
+                };
+                conn.exec_drop(
+                    "INSERT INTO _tandem_intents (id, tbl, pk) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE tbl = VALUES(tbl), pk = VALUES(pk)",
+                    (intent, &t.table, key.as_str()),
+                )
+                .await?;
+                Ok(Ok(key))
+            }
+            Write::Update { key, values, expect } => {
+                let kmatch = t.key_match(key).map_err(|e| mysql_async::Error::Other(e.message.into()))?;
+                let sets: Vec<String> = values
+                    .iter()
+                    .map(|(c, v)| format!("{} = {}", ident(c), literal(v).unwrap_or_else(|_| "NULL".into())))
+                    .collect();
+                let mut wh = vec![kmatch.clone()];
+                for (c, v) in expect {
+                    // Single-precision floats do not compare exactly with their text.
+                    if t.column(c).is_some_and(|x| x.kind == Kind::Float { single: true }) {
+                        continue;
+                    }
+                    wh.push(format!("{} <=> {}", ident(c), literal(v).unwrap_or_else(|_| "NULL".into())));
+                }
+                conn.query_drop(format!("UPDATE {} SET {} WHERE {}", t.qualified(), sets.join(", "), wh.join(" AND ")))
+                    .await?;
+                if conn.affected_rows() == 0 && !expect.is_empty() {
+                    let found: Option<i64> =
+                        conn.query_first(format!("SELECT 1 FROM {} WHERE {kmatch}", t.qualified())).await?;
+                    if found.is_some() {
+                        return Ok(Err(RowError::stale()));
+                    }
+                }
+                Ok(Ok(key.clone()))
+            }
+            Write::Delete { key } => {
+                let kmatch = t.key_match(key).map_err(|e| mysql_async::Error::Other(e.message.into()))?;
+                conn.query_drop(format!("DELETE FROM {} WHERE {kmatch}", t.qualified())).await?;
+                Ok(Ok(key.clone()))
+            }
+        }
+    }
+
+    /// Inserts new rows in one statement; `None` when the batch must go row by row.
+    async fn insert_batch(
+        conn: &mut Conn,
+        t: &MyTable,
+        rows: &[&Row],
+        consecutive: bool,
+    ) -> Result<Option<Vec<Key>>, mysql_async::Error> {
+        let cols: Vec<String> = match rows.first() {
+            Some(r) => r.keys().cloned().collect(),
+            None => return Ok(Some(Vec::new())),
+        };
+        let keys: Option<Vec<Key>> = rows.iter().map(|r| t.key_of(r)).collect();
+        if keys.is_none() && (t.auto_key().is_none() || !consecutive) {
+            return Ok(None);
+        }
+        let mut tuples = Vec::with_capacity(rows.len());
+        for r in rows {
+            let lits: Result<Vec<String>, String> = r.values().map(literal).collect();
+            let Ok(lits) = lits else { return Ok(None) };
+            tuples.push(lits);
+        }
+        match conn.query_drop(t.insert_sql(&cols, &tuples)).await {
+            Ok(()) => {}
+            Err(e) if row_refusal(&e).is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        Ok(Some(match keys {
+            Some(k) => k,
+            None => {
+                // One multi-row insert gets consecutive ids (innodb_autoinc_lock_mode 0 or 1),
+                // spaced by auto_increment_increment; LAST_INSERT_ID() is the first.
+                let first = conn.last_insert_id().unwrap_or(0) as i64;
+                let step: i64 = conn.query_first("SELECT @@auto_increment_increment").await?.unwrap_or(1);
+                (0..rows.len() as i64).map(|i| Key::from_values(&[Value::Int(first + i * step)])).collect()
+            }
+        }))
+    }
+
+    async fn mark_own(conn: &mut Conn, name: &str) -> Result<(), mysql_async::Error> {
+        conn.exec_drop(
+            format!("INSERT INTO {} (id, n) VALUES (?, 1) ON DUPLICATE KEY UPDATE n = n + 1", ident(WRITES_TABLE)),
+            (name,),
+        )
+        .await
+    }
+
+    async fn consecutive_ids(conn: &mut Conn) -> Result<bool, mysql_async::Error> {
+        let mode: Option<i64> = conn.query_first("SELECT @@innodb_autoinc_lock_mode").await?;
+        Ok(mode.unwrap_or(2) < 2)
+    }
+}
+
+impl Drop for MyTable {
+    fn drop(&mut self) {
+        self.stop_capture();
+        if let Some(c) = self.conn.take() {
+            let _ = self.rt.block_on(c.disconnect());
+        }
+    }
+}
+
+impl Connector for MyTable {
+    fn capture_state(&mut self, cursor: Option<u64>) -> Result<CaptureState, ConnectorError> {
+        if !self.installed()? {
+            return Ok(match cursor {
+                Some(_) => CaptureState::Lost(format!(
+                    "Tandem's marker row `{}` in {} is gone (the table was dropped or the database restored)",
+                    self.name, WRITES_TABLE
+                )),
+                None => CaptureState::Missing,
+            });
+        }
+        let Some(cursor) = cursor else { return Ok(CaptureState::Ready) };
+        let (base, head) = self.master()?;
+        let (file, offset) = split(cursor);
+        let files = self.binlog_files()?;
+        let wanted = format!("{base}.{file:06}");
+        let here = files.iter().find(|(n, _)| *n == wanted);
+        Ok(match here {
+            None if cursor > head => CaptureState::Lost(format!(
+                "Tandem's position {} is past the server's binlog end {} (the binlog was reset, or this is another server)",
+                binlog::label(&base, cursor),
+                binlog::label(&base, head)
+            )),
+            None => CaptureState::Lost(format!(
+                "binlog file {wanted} holding Tandem's position {} was purged (see binlog_expire_logs_seconds / expire_logs_days)",
+                binlog::label(&base, cursor)
+            )),
+            Some((_, size)) if u64::from(offset) > *size => CaptureState::Lost(format!(
+                "Tandem's position {} is past the end of {wanted} ({size} bytes): the binlog was rewritten",
+                binlog::label(&base, cursor)
+            )),
+            Some(_) => CaptureState::Ready,
+        })
+    }
+
+    fn install(&mut self) -> Result<String, ConnectorError> {
+        self.stop_capture();
+        let name = self.name.clone();
+        self.with("installing capture on", move |c| {
+            Box::pin(async move {
+                c.query_drop(format!(
+                    "CREATE TABLE IF NOT EXISTS {} (id VARCHAR(255) PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB",
+                    ident(WRITES_TABLE)
+                ))
+                .await?;
+                c.query_drop(
+                    "CREATE TABLE IF NOT EXISTS _tandem_intents (id VARCHAR(255) PRIMARY KEY, tbl VARCHAR(255) NOT NULL, pk TEXT NOT NULL) ENGINE=InnoDB",
+                )
+                .await?;
+                c.exec_drop(format!("INSERT IGNORE INTO {} (id, n) VALUES (?, 0)", ident(WRITES_TABLE)), (name,)).await
+            })
+        })?;
+        let (base, head) = self.master()?;
+        Ok(format!(
+            "installed change capture on {}: binlog from {}, marker row `{}` in {}; remove with `tandem uninstall`",
+            self.label(),
+            binlog::label(&base, head),
+            self.name,
+            WRITES_TABLE
+        ))
+    }
+
+    fn identity(&mut self) -> Result<Option<String>, ConnectorError> {
+        let row: Option<(String, String)> = self.with("identifying", |c| {
+            Box::pin(
+                c.query_first("SELECT CONCAT(@@server_id, '/', @@hostname, ':', @@port, '/', @@datadir), DATABASE()"),
+            )
+        })?;
+        let uuid: Option<String> =
+            self.with("identifying", |c| Box::pin(c.query_first("SELECT @@server_uuid"))).ok().flatten();
+        Ok(row.map(|(server, db)| match uuid {
+            Some(u) => format!("{u}/{db}"),
+            None => format!("{server}/{db}"),
+        }))
+    }
+
+    fn head(&mut self) -> Result<u64, ConnectorError> {
+        Ok(self.master()?.1)
+    }
+
+    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError> {
+        let (base, until) = self.master()?;
+        if self.capture.is_none() {
+            let target = self.target();
+            let id = server_id(&format!("{}/{}", self.url.label(), self.name));
+            let capture = self.rt.block_on(Capture::start(self.url.opts.clone(), id, base, after, target))?;
+            self.capture = Some(capture);
+        }
+        let capture = self.capture.as_mut().expect("started above");
+        let page = self.rt.block_on(capture.changes(after, limit, until, Duration::from_secs(2)));
+        if page.is_err() {
+            self.stop_capture();
+        }
+        page
+    }
+
+    fn trim(&mut self, upto: u64) -> Result<(), ConnectorError> {
+        if let Some(c) = self.capture.as_mut() {
+            c.ack(upto);
+        }
+        Ok(())
+    }
+
+    fn last_change_at(&mut self, _key: &Key) -> Result<Option<i64>, ConnectorError> {
+        Ok(None)
+    }
+
+    fn read(&mut self, keys: &[Key]) -> Result<Vec<Option<Row>>, ConnectorError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found: HashMap<Key, Row> = HashMap::new();
+        for chunk in keys.chunks(1000) {
+            let sql = format!("SELECT {} FROM {} WHERE {}", self.select_list(), self.qualified(), self.keys_in(chunk)?);
+            found.extend(self.query_rows("reading", sql)?);
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    fn scan(&mut self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Row)>, ConnectorError> {
+        let cols: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+        let cond = match after {
+            Some(k) => format!("WHERE ({}) > ({})", cols.join(", "), self.key_literals(k)?.join(", ")),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT {} FROM {} {cond} ORDER BY {} LIMIT {limit}",
+            self.select_list(),
+            self.qualified(),
+            cols.join(", ")
+        );
+        self.query_rows("scanning", sql)
+    }
+
+    fn find(&mut self, column: &str, value: &Value, case_insensitive: bool) -> Result<Vec<(Key, Row)>, ConnectorError> {
+        let lit = literal(value).map_err(|e| ConnectorError::new(ErrorKind::Internal, e))?;
+        let cond = if case_insensitive && matches!(value, Value::Text(_)) {
+            format!("LOWER({}) = LOWER({lit})", ident(column))
+        } else {
+            format!("{} = {lit}", ident(column))
+        };
+        let order: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {cond} ORDER BY {}",
+            self.select_list(),
+            self.qualified(),
+            order.join(", ")
+        );
+        self.query_rows("matching on", sql)
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<Vec<WriteResult>, ConnectorError> {
+        let mut done: Vec<Option<WriteResult>> = vec![None; writes.len()];
+        for (i, w) in writes.iter().enumerate() {
+            if let Write::Insert { values, .. } | Write::Update { values, .. } = w {
+                if let Err(e) = self.check_fit(values) {
+                    done[i] = Some(Err(e));
+                }
+            }
+        }
+        let label = self.label();
+        self.conn()?;
+        let mut conn = self.conn.take().expect("connected above");
+        let this = &*self;
+        let out = self.rt.block_on(async {
+            conn.query_drop("START TRANSACTION").await?;
+            Self::mark_own(&mut conn, &this.name).await?;
+            // Fast paths: new records in one statement, deletes in one statement; a batch the
+            // server refuses goes row by row below, where each refusal is pinned to its record.
+            let inserts: Vec<usize> = (0..writes.len())
+                .filter(|i| done[*i].is_none() && matches!(writes[*i], Write::Insert { .. }))
+                .collect();
+            if inserts.len() > 1 {
+                let rows: Vec<Row> = inserts
+                    .iter()
+                    .map(|i| match &writes[*i] {
+                        Write::Insert { values, .. } => this.insert_values(values),
+                        _ => unreachable!("filtered to inserts"),
+                    })
+                    .collect();
+                let same_shape = rows.windows(2).all(|w| w[0].keys().eq(w[1].keys()));
+                if same_shape {
+                    let consecutive = Self::consecutive_ids(&mut conn).await?;
+                    conn.query_drop("SAVEPOINT tandem_batch").await?;
+                    let refs: Vec<&Row> = rows.iter().collect();
+                    match Self::insert_batch(&mut conn, this, &refs, consecutive).await? {
+                        Some(keys) => {
+                            let mut intents = Vec::with_capacity(keys.len());
+                            for (i, k) in inserts.iter().zip(&keys) {
+                                if let Write::Insert { intent, .. } = &writes[*i] {
+                                    intents.push(format!(
+                                        "({}, {}, {})",
+                                        literal(&Value::Text(intent.clone())).unwrap_or_default(),
+                                        literal(&Value::Text(this.table.clone())).unwrap_or_default(),
+                                        literal(&Value::Text(k.as_str().to_string())).unwrap_or_default()
+                                    ));
+                                }
+                                done[*i] = Some(Ok(k.clone()));
+                            }
+                            conn.query_drop(format!(
+                                "INSERT INTO _tandem_intents (id, tbl, pk) VALUES {} ON DUPLICATE KEY UPDATE tbl = VALUES(tbl), pk = VALUES(pk)",
+                                intents.join(", ")
+                            ))
+                            .await?;
+                        }
+                        None => conn.query_drop("ROLLBACK TO SAVEPOINT tandem_batch").await?,
+                    }
+                }
+            }
+            let deletes: Vec<usize> =
+                (0..writes.len()).filter(|i| done[*i].is_none() && matches!(writes[*i], Write::Delete { .. })).collect();
+            if deletes.len() > 1 {
+                let keys: Vec<Key> = deletes
+                    .iter()
+                    .filter_map(|i| match &writes[*i] {
+                        Write::Delete { key } => Some(key.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if let Ok(cond) = this.keys_in(&keys) {
+                    conn.query_drop(format!("DELETE FROM {} WHERE {cond}", this.qualified())).await?;
+                    for (i, k) in deletes.iter().zip(keys) {
+                        done[*i] = Some(Ok(k));
+                    }
+                }
+            }
+            let mut out = Vec::with_capacity(writes.len());
+            for (w, d) in writes.iter().zip(done) {
+                if let Some(r) = d {
+                    out.push(r);
+                    continue;
+                }
+                // A failed statement is undone by itself; the transaction goes on.
+                match Self::write_one(&mut conn, this, w).await {
+                    Ok(r) => out.push(r),
+                    Err(e) => match row_refusal(&e) {
+                        Some(s) => out.push(Err(this.refused(s, match w {
+                            Write::Insert { values, .. } | Write::Update { values, .. } => Some(values),
+                            Write::Delete { .. } => None,
+                        }))),
+                        None => {
+                            let _ = conn.query_drop("ROLLBACK").await;
+                            return Err(e);
+                        }
+                    },
+                }
+            }
+            conn.query_drop("COMMIT").await?;
+            Ok::<_, mysql_async::Error>(out)
+        });
+        match out {
+            Ok(out) => {
+                self.conn = Some(conn);
+                Ok(out)
+            }
+            Err(e) => Err(my_err(format_args!("applying to {label}"), e)),
+        }
+    }
+
+    fn created(&mut self, intent: &str) -> Result<Option<Key>, ConnectorError> {
+        let (intent, table, db) = (intent.to_string(), self.table.clone(), self.url.db());
+        let pk: Option<String> = self.with("reading intents of", move |c| {
+            Box::pin(async move {
+                let exists: Option<i64> = c
+                    .exec_first(
+                        "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = '_tandem_intents'",
+                        (db,),
+                    )
+                    .await?;
+                if exists.unwrap_or(0) == 0 {
+                    return Ok(None);
+                }
+                c.exec_first("SELECT pk FROM _tandem_intents WHERE id = ? AND tbl = ?", (intent, table)).await
+            })
+        })?;
+        Ok(pk.and_then(|p| Key::parse(&p)))
+    }
+
+    fn forget_intents(&mut self, ids: &[String]) -> Result<(), ConnectorError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for chunk in ids.chunks(1000) {
+            let list: Vec<String> =
+                chunk.iter().map(|i| literal(&Value::Text(i.clone())).unwrap_or_default()).collect();
+            let sql = format!("DELETE FROM _tandem_intents WHERE id IN ({})", list.join(", "));
+            self.with("forgetting intents on", move |c| Box::pin(c.query_drop(sql)))?;
+        }
+        Ok(())
+    }
+
+    fn intent_ids(&mut self) -> Result<Vec<String>, ConnectorError> {
+        let (table, db) = (self.table.clone(), self.url.db());
+        self.with("reading intents of", move |c| {
+            Box::pin(async move {
+                let exists: Option<i64> = c
+                    .exec_first(
+                        "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = '_tandem_intents'",
+                        (db,),
+                    )
+                    .await?;
+                if exists.unwrap_or(0) == 0 {
+                    return Ok(Vec::new());
+                }
+                c.exec("SELECT id FROM _tandem_intents WHERE tbl = ?", (table,)).await
+            })
+        })
+    }
+
+    fn backlog(&mut self, _after: u64) -> Result<Option<u64>, ConnectorError> {
+        Ok(None)
+    }
+
+    fn row_estimate(&mut self) -> Result<Option<u64>, ConnectorError> {
+        let (db, table) = (self.url.db(), self.table.clone());
+        self.with("estimating rows of", move |c| {
+            Box::pin(c.exec_first(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, table),
+            ))
+        })
+    }
+
+    fn key_of(&self, values: &Row) -> Option<Key> {
+        let vals: Option<Vec<Value>> =
+            self.key.iter().map(|k| key_value(self.column(k)?.kind, values.get(k)?)).collect();
+        Some(Key::from_values(&vals?))
+    }
+
+    fn bulk_insert(
+        &mut self,
+        batch: &str,
+        rows: Vec<Row>,
+        before_commit: &mut dyn FnMut(&[Key]) -> bool,
+    ) -> Result<Result<(), RowError>, ConnectorError> {
+        for r in &rows {
+            if let Err(e) = self.check_fit(r) {
+                return Ok(Err(e));
+            }
+        }
+        let rows: Vec<Row> = rows.iter().map(|r| self.insert_values(r)).collect();
+        if !rows.windows(2).all(|w| w[0].keys().eq(w[1].keys())) {
+            return Ok(Err(RowError::new(None, None, "the rows of this batch set different columns")));
+        }
+        let label = self.label();
+        self.conn()?;
+        let mut conn = self.conn.take().expect("connected above");
+        let this = &*self;
+        let result = self.rt.block_on(async {
+            conn.query_drop("START TRANSACTION").await?;
+            Self::mark_own(&mut conn, &this.name).await?;
+            let consecutive = Self::consecutive_ids(&mut conn).await?;
+            let mut keys = Vec::with_capacity(rows.len());
+            // Statements of about a megabyte each (max_allowed_packet is 16 MB by default).
+            let mut start = 0;
+            while start < rows.len() {
+                let mut end = start;
+                let mut size = 0;
+                while end < rows.len() && (end == start || size < 1 << 20) {
+                    size += rows[end]
+                        .values()
+                        .map(|v| match v {
+                            Value::Text(s) => 2 * s.len() + 12,
+                            Value::Bytes(b) => 2 * b.len() + 4,
+                            _ => 24,
+                        })
+                        .sum::<usize>();
+                    end += 1;
+                }
+                let refs: Vec<&Row> = rows[start..end].iter().collect();
+                match Self::insert_batch(&mut conn, this, &refs, consecutive).await {
+                    Ok(Some(k)) => keys.extend(k),
+                    Ok(None) => {
+                        conn.query_drop("ROLLBACK").await?;
+                        return Ok(Err(RowError::new(
+                            None,
+                            None,
+                            format!("{} refused a row of the batch", this.label()),
+                        )));
+                    }
+                    Err(e) => {
+                        let _ = conn.query_drop("ROLLBACK").await;
+                        return Err(e);
+                    }
+                }
+                start = end;
+            }
+            conn.exec_drop(
+                "INSERT INTO _tandem_intents (id, tbl, pk) VALUES (?, ?, '[]') ON DUPLICATE KEY UPDATE pk = pk",
+                (batch, &this.table),
+            )
+            .await?;
+            Ok(Ok((conn, keys)))
+        });
+        let (mut conn, keys) = match result {
+            Ok(Ok(x)) => x,
+            Ok(Err(refused)) => return Ok(Err(refused)),
+            Err(e) => return Err(my_err(format_args!("copying into {label}"), e)),
+        };
+        if !before_commit(&keys) {
+            let _ = self.rt.block_on(conn.query_drop("ROLLBACK"));
+            self.conn = Some(conn);
+            return Err(ConnectorError::new(ErrorKind::Unavailable, format!("copy into {label} abandoned")));
+        }
+        self.rt.block_on(conn.query_drop("COMMIT")).map_err(|e| my_err(format_args!("committing to {label}"), e))?;
+        self.conn = Some(conn);
+        Ok(Ok(()))
+    }
+
+    fn uninstall(&mut self) -> Result<String, ConnectorError> {
+        self.stop_capture();
+        let (name, table, db) = (self.name.clone(), self.table.clone(), self.url.db());
+        self.with("removing capture from", move |c| {
+            Box::pin(async move {
+                let tables: Vec<String> = c
+                    .exec(
+                        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN ('_tandem_writes', '_tandem_intents')",
+                        (db,),
+                    )
+                    .await?;
+                if tables.iter().any(|t| t == WRITES_TABLE) {
+                    c.exec_drop(format!("DELETE FROM {} WHERE id = ?", ident(WRITES_TABLE)), (name,)).await?;
+                }
+                if tables.iter().any(|t| t == "_tandem_intents") {
+                    c.exec_drop("DELETE FROM _tandem_intents WHERE tbl = ?", (table,)).await?;
+                }
+                Ok(())
+            })
+        })?;
+        Ok(format!("removed Tandem's marker row `{}` and intents from {}", self.name, self.label()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binlog::file_number;
+    use super::*;
+
+    #[test]
+    fn positions_order_across_files() {
+        assert!(pos(2, 4) > pos(1, 900_000_000));
+        assert_eq!(split(pos(7, 1234)), (7, 1234));
+        assert_eq!(file_number("mariadb-bin.000042"), Some(42));
+    }
+
+    #[test]
+    fn urls_name_a_database_and_never_echo_the_password() {
+        let e = MyUrl::parse("mysql://root:hunter2@127.0.0.1:3306").err().unwrap();
+        assert!(!e.contains("hunter2"), "{e}");
+        let u = MyUrl::parse("mariadb://root:hunter2@127.0.0.1:3306/crm?sslmode=disable").unwrap();
+        assert_eq!(u.label(), "127.0.0.1:3306/crm");
+        assert!(!format!("{u:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn replica_ids_are_stable_and_high() {
+        assert_eq!(server_id("a"), server_id("a"));
+        assert_ne!(server_id("a:left"), server_id("a:right"));
+        assert!(server_id("x") >= 0x4000_0000);
+    }
+}
