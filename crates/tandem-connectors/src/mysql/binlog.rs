@@ -181,8 +181,8 @@ impl Capture {
                     // Savepoints, MariaDB's stand-ins for its own events ("# Dummy event …") and
                     // anything else inside a transaction belong to it.
                     _ if self.open.is_some() || sql.starts_with('#') => {}
-                    // A statement of its own (DDL): its end is a boundary.
-                    _ => self.idle_end = self.idle_end.max(end),
+                    // A statement of its own (DDL): its end is a boundary (below).
+                    _ => {}
                 }
             }
             Some(EventData::GtidEvent(_)) if self.open.is_none() => {
@@ -190,12 +190,12 @@ impl Capture {
             }
             Some(EventData::XidEvent(_)) => self.close_txn(end, at_ms),
             Some(EventData::RowsEvent(rows)) => self.rows(&rows, at_ms)?,
-            Some(EventData::TableMapEvent(_)) | Some(EventData::FormatDescriptionEvent(_)) | None => {}
-            Some(_) => {
-                if self.open.is_none() && header.log_pos() != 0 {
-                    self.idle_end = self.idle_end.max(end);
-                }
-            }
+            _ => {}
+        }
+        // Any event outside a transaction ends at a boundary (the server's artificial events
+        // at the start of a stream have no position).
+        if self.open.is_none() && header.log_pos() != 0 {
+            self.idle_end = self.idle_end.max(end);
         }
         Ok(())
     }
@@ -256,7 +256,7 @@ impl Capture {
         wait: Duration,
     ) -> Result<ChangePage, ConnectorError> {
         let deadline = Instant::now() + wait;
-        while self.pending_keys(after) < limit && !(self.open.is_none() && self.idle_end >= until) {
+        while self.pending_keys(after) < limit && !(self.open.is_none() && self.idle_end.max(after) >= until) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -268,7 +268,7 @@ impl Capture {
                 Err(_) => break,
             }
         }
-        let reached = self.open.is_none() && self.idle_end >= until;
+        let reached = self.open.is_none() && self.idle_end.max(after) >= until;
         tracing::trace!(until, seen = self.idle_end, reached, "binlog page");
         let mut page = ChangePage { touched: Vec::new(), next: after, behind: !reached };
         for d in self.done.iter().filter(|d| d.end > after) {

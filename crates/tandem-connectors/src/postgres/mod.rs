@@ -466,6 +466,15 @@ impl PgTable {
         self.column(name).map(|c| c.base_type.clone()).unwrap_or_else(|| "text".into())
     }
 
+    /// The condition that column `c` still holds the value whose text is `text_expr` (json and
+    /// xml have no equality operator: their text is compared, which is what Tandem read).
+    fn unchanged(&self, c: &str, text_expr: &str) -> String {
+        match self.cast(c).as_str() {
+            "pg_catalog.json" | "pg_catalog.xml" => format!("t.{}::text IS NOT DISTINCT FROM {text_expr}", ident(c)),
+            cast => format!("t.{} IS NOT DISTINCT FROM {text_expr}::{cast}", ident(c)),
+        }
+    }
+
     fn select_list(&self) -> String {
         self.columns.iter().map(|c| format!("t.{}::text", ident(&c.name))).collect::<Vec<_>>().join(", ")
     }
@@ -658,9 +667,7 @@ impl PgTable {
                 let n = values.len();
                 let m = n + self.key.len();
                 let mut wh = vec![self.key_match(n + 1)];
-                wh.extend(expect.keys().enumerate().map(|(i, c)| {
-                    format!("t.{} IS NOT DISTINCT FROM ${}::text::{}", ident(c), m + i + 1, self.cast(c))
-                }));
+                wh.extend(expect.keys().enumerate().map(|(i, c)| self.unchanged(c, &format!("${}::text", m + i + 1))));
                 let sql =
                     format!("UPDATE {} AS t SET {} WHERE {}", self.qualified(), sets.join(", "), wh.join(" AND "));
                 let p = params(
@@ -895,12 +902,7 @@ impl PgTable {
             .enumerate()
             .map(|(i, k)| format!("t.{} = u.a{}::{}", ident(k), i + 1, self.cast(k)))
             .collect();
-        wh.extend(
-            ecols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("t.{} IS NOT DISTINCT FROM u.a{}::{}", ident(c), nk + nv + i + 1, self.cast(c))),
-        );
+        wh.extend(ecols.iter().enumerate().map(|(i, c)| self.unchanged(c, &format!("u.a{}", nk + nv + i + 1))));
         let keys: Vec<String> = self.key.iter().map(|k| format!("t.{}::text", ident(k))).collect();
         let sql = format!(
             "UPDATE {} AS t SET {} FROM unnest({}) AS u({}) WHERE {} RETURNING {}",

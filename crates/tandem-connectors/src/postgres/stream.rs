@@ -180,7 +180,10 @@ impl Capture {
         wait: Duration,
     ) -> Result<ChangePage, ConnectorError> {
         let deadline = Instant::now() + wait;
-        let reached = |c: &Capture| c.open.is_none() && c.idle_end.max(c.done.back().map_or(0, |d| d.end)) >= until;
+        // Everything up to `after` is done already: with no WAL written since, the stream has
+        // nothing to say (and an idle server sends no keepalive to say so).
+        let reached =
+            |c: &Capture| c.open.is_none() && c.idle_end.max(after).max(c.done.back().map_or(0, |d| d.end)) >= until;
         while self.pending_keys(after) < limit && !reached(self) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

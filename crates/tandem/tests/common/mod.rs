@@ -177,3 +177,83 @@ impl Drop for PgDb {
             .output();
     }
 }
+
+/// Runs SQL through the `mysql` client on the local MariaDB (root, no password); returns the
+/// rows tab-separated (NULL as `NULL`), one a line.
+pub fn mysql(db: &str, sql: &str) -> String {
+    let out = Command::new("mysql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            "3306",
+            "-uroot",
+            "--default-character-set=utf8mb4",
+            "-N",
+            "-B",
+            "--raw",
+            "-e",
+            sql,
+        ])
+        .args((!db.is_empty()).then_some(db))
+        .output()
+        .expect("mysql runs");
+    assert!(out.status.success(), "mysql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// A MariaDB database of its own for one test; dropped at the end.
+pub struct MyDb(pub String);
+
+impl MyDb {
+    pub fn new(name: &str) -> MyDb {
+        let db = format!("tandem_t_{name}_{}", fastrand::u32(..));
+        mysql("", &format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"));
+        MyDb(db)
+    }
+
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:3306/{}", self.0)
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        mysql(&self.0, sql)
+    }
+
+    /// Like `sql`, but retried when InnoDB picks this transaction as a deadlock's victim (as an
+    /// application writing beside Tandem would).
+    pub fn sql_retrying(&self, sql: &str) -> String {
+        for _ in 0..20 {
+            let out = Command::new("mysql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-uroot",
+                    "--default-character-set=utf8mb4",
+                    "-N",
+                    "-B",
+                    "--raw",
+                    "-e",
+                    sql,
+                    &self.0,
+                ])
+                .output()
+                .expect("mysql runs");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("Deadlock found"), "mysql failed on {sql}: {err}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("mysql kept deadlocking on {sql}");
+    }
+}
+
+impl Drop for MyDb {
+    fn drop(&mut self) {
+        let _ = Command::new("mysql")
+            .args(["-h", "127.0.0.1", "-uroot", "-e", &format!("DROP DATABASE IF EXISTS {}", self.0)])
+            .output();
+    }
+}
