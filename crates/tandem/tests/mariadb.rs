@@ -311,3 +311,95 @@ fn mariadb_restarted_mid_sync_then_tandem_resumes() {
             && rows(&a, "SELECT count(*) FROM people WHERE name IN ('before restart', 'after restart')")[0][0] == "2"
     });
 }
+
+#[test]
+fn a_first_load_into_an_empty_auto_increment_table_survives_sigkill() {
+    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
+    let b = MyDb::new("load_b");
+    let dir = TempDir::new("myload");
+    b.sql(
+        "CREATE TABLE customers (customer_no INT AUTO_INCREMENT PRIMARY KEY, full_name VARCHAR(100) NOT NULL,
+         user_email VARCHAR(100), notes TEXT, tier VARCHAR(10) NOT NULL DEFAULT 'std')",
+    );
+    let a = db(&dir.path("a.db"));
+    a.execute_batch(
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT, notes TEXT, tier TEXT NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+         INSERT INTO people (name, email, notes, tier) SELECT 'P ' || i, 'p' || i || '@x.io', printf('%.*c', i % 50, 'n'), 'std' FROM n;",
+    )
+    .unwrap();
+    let cfg = format!(
+        "state = \"state.db\"\npoll_interval_ms = 20\nbatch_size = 500\n[systems.a]\nkind = \"sqlite\"\npath = \"a.db\"\n[systems.b]\nkind = \"mysql\"\nurl = \"{}\"\n[[sync]]\nname = \"people\"\nleft = {{ system = \"a\", table = \"people\" }}\nright = {{ system = \"b\", table = \"customers\" }}\n[[sync.fields]]\nleft = \"name\"\nright = \"full_name\"\n[[sync.fields]]\nleft = \"email\"\nright = \"user_email\"\n[[sync.fields]]\nleft = \"notes\"\nright = \"notes\"\n[[sync.fields]]\nleft = \"tier\"\nright = \"tier\"\n",
+        b.url()
+    );
+    std::fs::write(dir.path("tandem.toml"), cfg).unwrap();
+    let c = dir.path("tandem.toml").to_str().unwrap().to_string();
+    let count = || b.sql("SELECT COUNT(*) FROM customers").parse::<u64>().unwrap();
+    for kill in 0..4 {
+        let run = run_in_background(&c);
+        let start = Instant::now();
+        let before = count();
+        while count() == before && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50 + fastrand::u64(..200)));
+        a.execute_batch(&format!("UPDATE people SET notes = 'edit {kill}' WHERE id = {}", 1 + kill * 97)).unwrap();
+        drop(run);
+        eprintln!("killed with {} of 20000 loaded", count());
+    }
+    b.sql_retrying("UPDATE customers SET tier = 'gold' WHERE customer_no = 3");
+    let out = run_once(&c);
+    assert!(out.contains("0 dead letters"), "{out}");
+    assert_eq!(count(), 20000);
+    assert_eq!(b.sql("SELECT COUNT(DISTINCT user_email) FROM customers"), "20000");
+    assert_eq!(b.sql("SELECT COUNT(*) FROM _tandem_intents"), "0");
+    let notes =
+        b.sql("SELECT GROUP_CONCAT(notes ORDER BY customer_no SEPARATOR ',') FROM customers WHERE notes LIKE 'edit%'");
+    assert_eq!(notes, "edit 0,edit 1,edit 2,edit 3");
+    assert_eq!(rows(&a, "SELECT count(*) FROM people WHERE tier = 'gold'")[0][0], "1");
+    // Keys learned right: each MariaDB record is linked to the SQLite record with its email.
+    let state = db(&dir.path("state.db"));
+    let batches = rows(&state, "SELECT count(*) FROM audit WHERE detail LIKE 'initial load: created % in one batch%'");
+    assert!(batches[0][0].parse::<u32>().unwrap() >= 10, "the load did not go in batches");
+    let pairs = b.sql("SELECT CONCAT(customer_no, '=', user_email) FROM customers WHERE customer_no IN (1, 777, 19999) ORDER BY customer_no");
+    for pair in pairs.lines() {
+        let (no, email) = pair.split_once('=').unwrap();
+        let linked = rows(&state, &format!("SELECT left_key FROM links WHERE right_key = '[{no}]'"));
+        let id = linked[0][0].trim_matches(['[', ']']).to_string();
+        assert_eq!(rows(&a, &format!("SELECT email FROM people WHERE id = {id}"))[0][0], email);
+    }
+}
+
+#[test]
+fn check_names_what_a_mariadb_user_lacks() {
+    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
+    let b = MyDb::new("grants_b");
+    b.sql("CREATE TABLE customers (customer_no INT AUTO_INCREMENT PRIMARY KEY, full_name VARCHAR(100), user_email VARCHAR(100), notes TEXT, tier VARCHAR(10))");
+    let user = format!("tandem_t_{}", fastrand::u32(..));
+    mysql(
+        "",
+        &format!(
+            "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; GRANT SELECT, INSERT, UPDATE, DELETE ON {}.* TO '{user}'@'%'",
+            b.0
+        ),
+    );
+    let dir = TempDir::new("mygrants");
+    db(&dir.path("a.db"))
+        .execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, email TEXT, notes TEXT, tier TEXT)")
+        .unwrap();
+    let cfg = format!(
+        "state = \"state.db\"\n[systems.a]\nkind = \"sqlite\"\npath = \"a.db\"\n[systems.b]\nkind = \"mysql\"\nurl = \"mysql://{user}:${{TANDEM_T_PW}}@127.0.0.1:3306/{}\"\n[[sync]]\nname = \"people\"\nleft = {{ system = \"a\", table = \"people\" }}\nright = {{ system = \"b\", table = \"customers\" }}\n[[sync.fields]]\nleft = \"name\"\nright = \"full_name\"\n",
+        b.0
+    );
+    std::fs::write(dir.path("tandem.toml"), cfg).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c", dir.path("tandem.toml").to_str().unwrap()])
+        .env("TANDEM_T_PW", "pw")
+        .output()
+        .unwrap();
+    mysql("", &format!("DROP USER '{user}'@'%'"));
+    let msg = text(&out);
+    assert!(!out.status.success(), "{msg}");
+    assert!(msg.contains("GRANT REPLICATION SLAVE") && msg.contains("GRANT BINLOG MONITOR"), "{msg}");
+    assert!(!msg.contains("pw@"), "the password leaked: {msg}");
+}
