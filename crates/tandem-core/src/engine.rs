@@ -1363,6 +1363,7 @@ impl<'a> Engine<'a> {
             rule: Some(self.rule_label(&d.rule)),
             detail: match d.winner {
                 Some(w) => format!("{} wins by rule {}", self.spec.system(w), self.rule_label(&d.rule)),
+                None if d.rule == "merge_lines" => "both sides' lines merged by rule merge_lines".into(),
                 None => "held for a person: resolve with `tandem conflicts`".into(),
             },
             ..self.audit_base()

@@ -89,6 +89,107 @@ pub enum Transform {
     /// A value table, left value ⇄ right value, one-to-one. The canonical value is the left
     /// value. A value outside the table cannot be mapped and goes to dead letters.
     ValueMap(Vec<(Value, Value)>),
+    /// An exact decimal on the left, that decimal times `10^digits` as an integer on the right
+    /// (12.50 ⇄ 1250 cents with 2 digits). The canonical value is the left decimal written with
+    /// `digits` decimals. A left value with more decimals cannot be written right without
+    /// rounding: it goes to dead letters.
+    Scale(u32),
+    /// Several columns on one side joined into one text column on the other by a template
+    /// (`{street}, {postal_code} {city}`): literal text between placeholders that name the
+    /// columns of the many-column side. The canonical value is the joined text; reading it back
+    /// into columns cuts each part at the first occurrence of the text that follows it.
+    Join(Vec<TemplatePart>),
+}
+
+/// A piece of a [`Transform::Join`] template.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TemplatePart {
+    /// Literal text.
+    Text(String),
+    /// A column's value.
+    Column(String),
+}
+
+/// Parses a join template; `Err` says what is wrong with it.
+pub fn parse_template(t: &str) -> Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(TemplatePart::Text(rest[..open].to_string()));
+        }
+        let close = rest[open..].find('}').ok_or("a `{` without its `}`")? + open;
+        let name = rest[open + 1..close].trim();
+        if name.is_empty() {
+            return Err("an empty `{}`".into());
+        }
+        if matches!(parts.last(), Some(TemplatePart::Column(_))) {
+            return Err(format!(
+                "nothing separates `{{{name}}}` from the column before it, so the text cannot be cut apart again"
+            ));
+        }
+        parts.push(TemplatePart::Column(name.to_string()));
+        rest = &rest[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Text(rest.to_string()));
+    }
+    if !parts.iter().any(|p| matches!(p, TemplatePart::Column(_))) {
+        return Err("no `{column}` in it".into());
+    }
+    Ok(parts)
+}
+
+/// The columns a template names, in order.
+pub fn template_columns(parts: &[TemplatePart]) -> Vec<String> {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            TemplatePart::Column(c) => Some(c.clone()),
+            TemplatePart::Text(_) => None,
+        })
+        .collect()
+}
+
+/// An exact decimal as (negative, digits without the point, digits after the point).
+fn parse_decimal(v: &Value) -> Option<(bool, String, usize)> {
+    let text = match v {
+        Value::Int(i) => i.to_string(),
+        Value::Text(t) => t.trim().to_string(),
+        Value::Float(f) if f.is_finite() => format!("{f}"),
+        _ => return None,
+    };
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text.strip_prefix('+').unwrap_or(&text)),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty() && frac.is_empty() || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((neg, format!("{int}{frac}"), frac.len()))
+}
+
+/// `digits` of a decimal's fraction, exactly: its text with that many decimals, or `None` when it
+/// has more non-zero decimals.
+fn decimal_text(neg: bool, digits_str: &str, frac: usize, digits: u32) -> Option<String> {
+    let digits = digits as usize;
+    let mut all = digits_str.to_string();
+    if frac > digits {
+        let cut = all.len() - (frac - digits);
+        if all[cut..].chars().any(|c| c != '0') {
+            return None;
+        }
+        all.truncate(cut);
+    } else {
+        all.push_str(&"0".repeat(digits - frac));
+    }
+    let all = all.trim_start_matches('0');
+    let all = format!("{:0>width$}", all, width = digits + 1);
+    let (i, f) = all.split_at(all.len() - digits);
+    let zero = all.chars().all(|c| c == '0');
+    let sign = if neg && !zero { "-" } else { "" };
+    Some(if digits == 0 { format!("{sign}{i}") } else { format!("{sign}{i}.{f}") })
 }
 
 /// One mapped field of a sync.
@@ -142,7 +243,87 @@ impl FieldMap {
                 }
                 table.iter().find(|(_, r)| r.same(&v)).map(|(l, _)| l.clone()).ok_or_else(|| self.unmapped(&v, side))
             }
+            Transform::Scale(digits) => {
+                let v = col(0);
+                if v.is_null() {
+                    return Ok(v);
+                }
+                let bad = || self.fail(&v, format!("is not an exact number"));
+                let (neg, ds, frac) = parse_decimal(&v).ok_or_else(bad)?;
+                let (ds, frac) = if side == Side::Right {
+                    if frac > 0 && ds[ds.len() - frac..].chars().any(|c| c != '0') {
+                        return Err(self.fail(&v, "is not a whole number".into()));
+                    }
+                    (ds[..ds.len() - frac].to_string(), *digits as usize)
+                } else {
+                    (ds, frac)
+                };
+                decimal_text(neg, &ds, frac, *digits)
+                    .map(Value::Text)
+                    .ok_or_else(|| self.fail(&v, format!("has more than {digits} decimals")))
+            }
+            Transform::Join(_) if cols.len() == 1 => Ok(col(0)),
+            Transform::Join(parts) => {
+                let values: Vec<Value> = (0..cols.len()).map(col).collect();
+                if values.iter().all(Value::is_null) {
+                    return Ok(Value::Null);
+                }
+                let mut out = String::new();
+                let mut i = 0;
+                for p in parts {
+                    match p {
+                        TemplatePart::Text(t) => out.push_str(t),
+                        TemplatePart::Column(_) => {
+                            match &values[i] {
+                                Value::Null => {}
+                                Value::Text(t) => out.push_str(t),
+                                other => out.push_str(&other.to_string()),
+                            }
+                            i += 1;
+                        }
+                    }
+                }
+                Ok(Value::Text(out))
+            }
         }
+    }
+
+    fn fail(&self, v: &Value, reason: String) -> MapError {
+        MapError { field: self.name.clone(), value_type: v.type_name(), reason: format!("{v} {reason}") }
+    }
+
+    /// Cuts a joined text into the template's column values (`None` for an empty part).
+    fn cut(&self, parts: &[TemplatePart], value: &Value) -> Result<Vec<Value>, MapError> {
+        let n = template_columns(parts).len();
+        let text = match value {
+            Value::Null => return Ok(vec![Value::Null; n]),
+            Value::Text(t) => t.as_str(),
+            other => return Err(self.fail(other, "is not text, so it cannot be cut into columns".into())),
+        };
+        let missing = |lit: &str| self.fail(value, format!("does not have the form of the template (no {lit:?})"));
+        let mut rest = text;
+        let mut out = Vec::with_capacity(n);
+        let mut i = 0;
+        while i < parts.len() {
+            match &parts[i] {
+                TemplatePart::Text(t) => rest = rest.strip_prefix(t.as_str()).ok_or_else(|| missing(t))?,
+                TemplatePart::Column(_) => {
+                    let piece = match parts.get(i + 1) {
+                        Some(TemplatePart::Text(next)) if i + 2 == parts.len() => {
+                            rest.strip_suffix(next.as_str()).ok_or_else(|| missing(next))?
+                        }
+                        Some(TemplatePart::Text(next)) => {
+                            &rest[..rest.find(next.as_str()).ok_or_else(|| missing(next))?]
+                        }
+                        _ => rest,
+                    };
+                    rest = &rest[piece.len()..];
+                    out.push(if piece.is_empty() { Value::Null } else { Value::Text(piece.to_string()) });
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
     }
 
     /// Turns a canonical value into column values for `side`. `current` is the side's row as it
@@ -172,6 +353,37 @@ impl FieldMap {
                     .map(|(_, r)| vec![(cols[0].clone(), r.clone())])
                     .ok_or_else(|| self.unmapped(value, Side::Left))
             }
+            Transform::Scale(digits) => {
+                if value.is_null() {
+                    return Ok(vec![(cols[0].clone(), Value::Null)]);
+                }
+                let (neg, ds, frac) =
+                    parse_decimal(value).ok_or_else(|| self.fail(value, "is not an exact number".into()))?;
+                let text = decimal_text(neg, &ds, frac, *digits)
+                    .ok_or_else(|| self.fail(value, format!("has more than {digits} decimals")))?;
+                if side == Side::Left {
+                    return Ok(vec![(cols[0].clone(), Value::Text(text))]);
+                }
+                let units = text.replace('.', "");
+                let units =
+                    units.parse::<i64>().map_err(|_| self.fail(value, "is too large for an integer column".into()))?;
+                Ok(vec![(cols[0].clone(), Value::Int(units))])
+            }
+            Transform::Join(_) if cols.len() == 1 => Ok(vec![(cols[0].clone(), value.clone())]),
+            Transform::Join(parts) => {
+                // A row whose columns already join to this text keeps them (the cut may differ).
+                if let Some(cur) = current {
+                    let here = self.get(side, cur)?;
+                    if here.same(value) || (here.is_null() && value.is_null()) {
+                        return Ok(cols
+                            .iter()
+                            .map(|c| (c.clone(), cur.get(c).cloned().unwrap_or(Value::Null)))
+                            .collect());
+                    }
+                }
+                let values = self.cut(parts, value)?;
+                Ok(cols.iter().cloned().zip(values).collect())
+            }
         }
     }
 
@@ -190,6 +402,10 @@ impl FieldMap {
             Transform::SplitName => Some(
                 "split_name: extra spaces are not kept, and a first name with a space is kept only while the other side's full name still starts with it",
             ),
+            Transform::Join(_) => Some(
+                "join: a column value that contains the text following it in the template is cut there when the joined text is read back; an empty part reads back as NULL",
+            ),
+            Transform::Scale(_) => Some("scale: decimals beyond the scale cannot be written to the integer side (dead letter)"),
             _ => None,
         }
     }
@@ -308,6 +524,64 @@ mod tests {
         assert!(!Flow::From(Side::Right).allows_from(Side::Left));
     }
 
+    fn cents_field() -> FieldMap {
+        FieldMap {
+            name: "credit".into(),
+            left: vec!["credit_limit".into()],
+            right: vec!["credit_limit_cents".into()],
+            transform: Transform::Scale(2),
+            flow: Flow::Both,
+        }
+    }
+
+    fn address_field() -> FieldMap {
+        FieldMap {
+            name: "address".into(),
+            left: vec!["street".into(), "postal_code".into(), "city".into()],
+            right: vec!["address_line".into()],
+            transform: Transform::Join(parse_template("{street}, {postal_code} {city}").unwrap()),
+            flow: Flow::Both,
+        }
+    }
+
+    #[test]
+    fn scale_is_exact_both_ways_and_refuses_rounding() {
+        let f = cents_field();
+        let l = |v: Value| row(&[("credit_limit", v)]);
+        let r = |v: Value| row(&[("credit_limit_cents", v)]);
+        assert_eq!(f.get(Side::Left, &l(text("1234.5"))).unwrap(), text("1234.50"));
+        assert_eq!(f.get(Side::Left, &l(Value::Int(7))).unwrap(), text("7.00"));
+        assert_eq!(f.get(Side::Right, &r(Value::Int(123450))).unwrap(), text("1234.50"));
+        assert_eq!(f.get(Side::Right, &r(Value::Int(-5))).unwrap(), text("-0.05"));
+        assert_eq!(f.put(Side::Right, &text("1234.50"), None).unwrap()[0].1, Value::Int(123450));
+        assert_eq!(f.put(Side::Right, &text("99999999999.99"), None).unwrap()[0].1, Value::Int(9999999999999));
+        assert_eq!(f.put(Side::Left, &text("0.5"), None).unwrap()[0].1, text("0.50"));
+        assert!(f.put(Side::Right, &text("1.005"), None).unwrap_err().to_string().contains("more than 2 decimals"));
+        assert!(f.get(Side::Left, &l(text("abc"))).is_err());
+        assert_eq!(f.get(Side::Left, &l(Value::Null)).unwrap(), Value::Null);
+    }
+
+    #[test]
+    fn join_cuts_and_keeps_what_the_row_has() {
+        let f = address_field();
+        let crm = row(&[("street", text("12 Main St")), ("postal_code", text("10115")), ("city", text("Bad Homburg"))]);
+        let joined = f.get(Side::Left, &crm).unwrap();
+        assert_eq!(joined, text("12 Main St, 10115 Bad Homburg"));
+        let cut: Row = f.put(Side::Left, &joined, None).unwrap().into_iter().collect();
+        assert_eq!(cut, crm);
+        assert_eq!(f.put(Side::Right, &joined, None).unwrap()[0].1, joined);
+        let err = f.put(Side::Left, &text("no comma here"), None).unwrap_err();
+        assert!(err.to_string().contains("form of the template"), "{err}");
+        // A street with ", " in it cuts wrong without the row, right with it.
+        let odd = row(&[("street", text("Main St, Apt 4")), ("postal_code", text("10115")), ("city", text("Berlin"))]);
+        let j = f.get(Side::Left, &odd).unwrap();
+        let kept: Row = f.put(Side::Left, &j, Some(&odd)).unwrap().into_iter().collect();
+        assert_eq!(kept, odd);
+        assert_eq!(f.get(Side::Left, &row(&[])).unwrap(), Value::Null);
+        assert!(parse_template("{a}{b}").is_err());
+        assert!(parse_template("plain").is_err());
+    }
+
     fn name_part() -> impl Strategy<Value = String> {
         "[A-Za-zéü'-]{1,8}"
     }
@@ -339,6 +613,25 @@ mod tests {
             let cols: Row = f.put(Side::Right, l, None).unwrap().into_iter().collect();
             prop_assert_eq!(cols.get("payment_terms"), Some(r));
             prop_assert_eq!(&f.get(Side::Right, &cols).unwrap(), l);
+        }
+
+        #[test]
+        fn scale_round_trips(cents in -10_000_000_000i64..10_000_000_000) {
+            let f = cents_field();
+            let canon = f.get(Side::Right, &row(&[("credit_limit_cents", Value::Int(cents))])).unwrap();
+            prop_assert_eq!(&f.put(Side::Right, &canon, None).unwrap()[0].1, &Value::Int(cents));
+            let left: Row = f.put(Side::Left, &canon, None).unwrap().into_iter().collect();
+            prop_assert_eq!(f.get(Side::Left, &left).unwrap(), canon);
+        }
+
+        #[test]
+        fn join_round_trips(street in "[A-Za-z0-9 ]{1,12}", code in "[0-9A-Z]{3,6}", city in "[A-Za-z][A-Za-z -]{0,10}") {
+            prop_assume!(!street.contains(", ") && !street.ends_with(',') && !city.ends_with(' '));
+            let f = address_field();
+            let crm = row(&[("street", text(&street)), ("postal_code", text(&code)), ("city", text(&city))]);
+            let joined = f.get(Side::Left, &crm).unwrap();
+            let back: Row = f.put(Side::Left, &joined, None).unwrap().into_iter().collect();
+            prop_assert_eq!(back, crm);
         }
 
         #[test]

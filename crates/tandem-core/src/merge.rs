@@ -77,9 +77,18 @@ pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times
             l.clone()
         } else {
             let rule = spec.rule_for(name);
+            if *rule == ConflictRule::MergeLines {
+                if let Some(merged) = merge_lines(b.as_ref(), &l, &r) {
+                    out.decisions.push(decision(None, rule.name()));
+                    out.base.insert(name.clone(), merged.clone());
+                    out.values.insert(name.clone(), merged);
+                    continue;
+                }
+            }
             let winner = match rule {
                 ConflictRule::Prefer(side) => Some(*side),
-                ConflictRule::Hold => None,
+                // Values that are not text do not merge by lines: a person decides.
+                ConflictRule::Hold | ConflictRule::MergeLines => None,
                 ConflictRule::Latest => Some(match times[0].cmp(&times[1]) {
                     std::cmp::Ordering::Greater => Side::Left,
                     std::cmp::Ordering::Less => Side::Right,
@@ -102,6 +111,35 @@ pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times
         out.values.insert(name.clone(), chosen);
     }
     out
+}
+
+/// The line merge of two texts against their base (see [`ConflictRule::MergeLines`]); `None`
+/// when a value is not text.
+pub fn merge_lines(base: Option<&Value>, left: &Value, right: &Value) -> Option<Value> {
+    let lines = |v: &Value| -> Option<Vec<String>> {
+        match v {
+            Value::Null => Some(Vec::new()),
+            Value::Text(t) => Some(t.lines().map(str::to_string).collect()),
+            _ => None,
+        }
+    };
+    let b = match base {
+        Some(v) => lines(v)?,
+        None => Vec::new(),
+    };
+    let (l, r) = (lines(left)?, lines(right)?);
+    let mut out: Vec<String> = Vec::new();
+    for line in &l {
+        if (r.contains(line) || !b.contains(line)) && !out.contains(line) {
+            out.push(line.clone());
+        }
+    }
+    for line in &r {
+        if !b.contains(line) && !out.contains(line) {
+            out.push(line.clone());
+        }
+    }
+    Some(if out.is_empty() && left.is_null() && right.is_null() { Value::Null } else { Value::Text(out.join("\n")) })
 }
 
 #[cfg(test)]
@@ -199,5 +237,16 @@ mod tests {
         let m = merge(&s, &row("xl", "same", "t"), &row("xr", "same", "t"), None, [0, 0]);
         assert_eq!(m.values["x"], Value::Text("xr".into()));
         assert_eq!(m.decisions.len(), 1);
+    }
+
+    #[test]
+    fn lines_merge_additions_from_both_sides_and_drop_removed_ones() {
+        let t = |s: &str| Value::Text(s.into());
+        let base = t("a\nb\nc");
+        let merged = merge_lines(Some(&base), &t("a\nb\nc\nfrom left"), &t("a\nc\nfrom right")).unwrap();
+        assert_eq!(merged, t("a\nc\nfrom left\nfrom right"));
+        assert_eq!(merge_lines(None, &t("x"), &t("y")).unwrap(), t("x\ny"));
+        assert_eq!(merge_lines(Some(&t("x")), &Value::Null, &t("x\ny")).unwrap(), t("y"));
+        assert_eq!(merge_lines(None, &Value::Int(1), &t("y")), None);
     }
 }

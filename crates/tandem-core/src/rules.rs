@@ -12,6 +12,10 @@ pub enum ConflictRule {
     Prefer(Side),
     /// Neither side is written; the conflict is listed for a person to resolve.
     Hold,
+    /// Text merged line by line: a line stays when both sides kept it, or when the side that
+    /// has it added it; a line either side removed goes. Lines in the left's order, then the
+    /// lines only the right added.
+    MergeLines,
 }
 
 impl ConflictRule {
@@ -21,6 +25,7 @@ impl ConflictRule {
             ConflictRule::Latest => "latest".into(),
             ConflictRule::Prefer(s) => format!("prefer:{s}"),
             ConflictRule::Hold => "hold".into(),
+            ConflictRule::MergeLines => "merge_lines".into(),
         }
     }
 }

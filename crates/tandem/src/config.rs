@@ -243,12 +243,13 @@ fn line_of_path(text: &str, path: &str) -> Option<usize> {
 
 fn parse_rule(ctx: &mut Ctx<'_>, v: &Spanned<toml::Value>, systems: &[&str; 2], what: &str) -> Option<ConflictRule> {
     let bad = |ctx: &mut Ctx<'_>, msg: String| {
-        ctx.at(v.span(), msg, format!("write `latest`, `hold` or `{{ prefer = \"{}\" }}`", systems[1]));
+        ctx.at(v.span(), msg, format!("write `latest`, `hold`, `merge_lines` or `{{ prefer = \"{}\" }}`", systems[1]));
         None
     };
     match v.get_ref() {
         toml::Value::String(s) if s == "latest" => Some(ConflictRule::Latest),
         toml::Value::String(s) if s == "hold" => Some(ConflictRule::Hold),
+        toml::Value::String(s) if s == "merge_lines" => Some(ConflictRule::MergeLines),
         toml::Value::Table(t) if t.len() == 1 && t.contains_key("prefer") => match t["prefer"].as_str() {
             Some(sys) if sys == systems[0] => Some(ConflictRule::Prefer(Side::Left)),
             Some(sys) if sys == systems[1] => Some(ConflictRule::Prefer(Side::Right)),
@@ -637,17 +638,61 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
                     }
                     Transform::ValueMap(pairs)
                 }
+                Some((t, toml::Value::Table(tab))) if tab.len() == 1 && tab.contains_key("scale") => {
+                    let digits = tab["scale"].as_integer().map(|n| n.to_string()).and_then(|n| {
+                        (n.starts_with('1') && n[1..].chars().all(|c| c == '0') && n.len() <= 10)
+                            .then(|| n.len() as u32 - 1)
+                    });
+                    match digits {
+                        Some(d) => Transform::Scale(d),
+                        _ => {
+                            ctx.at(
+                                t.span(),
+                                format!("field `{fname}`: scale must be 1, 10, 100, … (the right value is the left one times it)"),
+                                "write `{ scale = 100 }` for a decimal ⇄ cents",
+                            );
+                            Transform::Rename
+                        }
+                    }
+                }
+                Some((t, toml::Value::Table(tab)))
+                    if tab.len() == 1 && tab.get("join").and_then(|j| j.as_str()).is_some() =>
+                {
+                    match tandem_core::mapping::parse_template(tab["join"].as_str().expect("checked")) {
+                        Ok(parts) => Transform::Join(parts),
+                        Err(e) => {
+                            ctx.at(
+                                t.span(),
+                                format!("field `{fname}`: join template: {e}"),
+                                "write `{ join = \"{street}, {postal_code} {city}\" }` naming the columns of the many-column side",
+                            );
+                            Transform::Rename
+                        }
+                    }
+                }
                 Some((t, other)) => {
                     ctx.at(
                         t.span(),
                         format!("field `{fname}`: unknown transform {other}"),
-                        "use `rename`, `split_name` or `{ map = { \"left value\" = \"right value\" } }`",
+                        "use `rename`, `split_name`, `{ map = { \"left value\" = \"right value\" } }`, `{ scale = 100 }` or `{ join = \"{a}, {b}\" }`",
                     );
                     Transform::Rename
                 }
             };
+            if let Transform::Join(parts) = &transform {
+                let named = tandem_core::mapping::template_columns(parts);
+                let many = if left.len() > 1 { &left } else { &right };
+                if *many != named {
+                    ctx.at(
+                        rf.left.span(),
+                        format!("field `{fname}`: the join template names {named:?}, the columns are {many:?}"),
+                        "name the many-column side's columns in the template, in the same order",
+                    );
+                }
+            }
             let shape_ok = match transform {
-                Transform::Rename | Transform::ValueMap(_) => left.len() == 1 && right.len() == 1,
+                Transform::Rename | Transform::ValueMap(_) | Transform::Scale(_) => left.len() == 1 && right.len() == 1,
+                Transform::Join(_) => (left.len() == 1) != (right.len() == 1),
                 Transform::SplitName => (left.len() == 1 && right.len() == 2) || (left.len() == 2 && right.len() == 1),
             };
             if !shape_ok {

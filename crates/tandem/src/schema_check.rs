@@ -254,6 +254,34 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                         });
                     }
                 }
+                Transform::Scale(_) => {
+                    if kind(&decl(Side::Right, 0)) == Kind::Text {
+                        problems.push(Problem {
+                            line: line_of(text, &f.right[0]),
+                            what: format!(
+                                "sync `{}`: scale field `{}` writes whole numbers to text column `{}`",
+                                spec.name, f.name, f.right[0]
+                            ),
+                            fix: "the right column of a scale is an integer column (cents); swap left and right if needed"
+                                .into(),
+                        });
+                    }
+                }
+                Transform::Join(_) => {
+                    let single = if f.left.len() == 1 { Side::Left } else { Side::Right };
+                    if kind(&decl(single, 0)) == Kind::Number {
+                        problems.push(Problem {
+                            line: line_of(text, &f.columns(single)[0]),
+                            what: format!(
+                                "sync `{}`: join field `{}` writes its joined text to numeric column `{}`",
+                                spec.name,
+                                f.name,
+                                f.columns(single)[0]
+                            ),
+                            fix: "the one-column side of a join is a text column".into(),
+                        });
+                    }
+                }
                 Transform::SplitName => {
                     for side in [Side::Left, Side::Right] {
                         for (i, c) in f.columns(side).iter().enumerate() {
