@@ -248,7 +248,7 @@ impl FieldMap {
                 if v.is_null() {
                     return Ok(v);
                 }
-                let bad = || self.fail(&v, format!("is not an exact number"));
+                let bad = || self.fail(&v, "is not an exact number".into());
                 let (neg, ds, frac) = parse_decimal(&v).ok_or_else(bad)?;
                 let (ds, frac) = if side == Side::Right {
                     if frac > 0 && ds[ds.len() - frac..].chars().any(|c| c != '0') {
