@@ -16,6 +16,9 @@ pub(crate) enum Kind {
     Float { single: bool },
     /// Binary strings and blobs.
     Bytes,
+    /// `DATETIME`, `TIMESTAMP`, `TIME`: text with the fraction of a second written as
+    /// PostgreSQL writes it (trailing zeros dropped), so the same instant reads the same on both.
+    Temporal,
     /// Everything else (text, DECIMAL, dates and times, JSON, ENUM, SET), as its text.
     Text,
 }
@@ -34,6 +37,7 @@ impl Kind {
             "float" => Kind::Float { single: true },
             "double" | "real" => Kind::Float { single: false },
             "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => Kind::Bytes,
+            "datetime" | "timestamp" | "time" => Kind::Temporal,
             _ => Kind::Text,
         }
     }
@@ -63,7 +67,19 @@ pub(crate) fn decode(kind: Kind, v: &mysql_async::Value) -> Value {
         },
         Kind::Int { .. } => t.parse().map(Value::Int).unwrap_or_else(|_| Value::Text(t.to_string())),
         Kind::Float { .. } => t.parse().map(Value::Float).unwrap_or_else(|_| Value::Text(t.to_string())),
+        Kind::Temporal => Value::Text(trim_fraction(t).to_string()),
         Kind::Bytes | Kind::Text => Value::Text(t.to_string()),
+    }
+}
+
+/// `12:00:00.120000` → `12:00:00.12`, `12:00:00.000000` → `12:00:00`.
+fn trim_fraction(t: &str) -> &str {
+    match t.rfind('.') {
+        Some(dot) if t[dot + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            let trimmed = t.trim_end_matches('0');
+            trimmed.strip_suffix('.').unwrap_or(trimmed)
+        }
+        _ => t,
     }
 }
 
@@ -134,6 +150,12 @@ mod tests {
         assert_eq!(decode(Kind::Text, &M::Bytes(Vec::new())), Value::Text(String::new()));
         assert_eq!(decode(Kind::Text, &M::NULL), Value::Null);
         assert_eq!(decode(Kind::Bytes, &M::Bytes(vec![0, 255])), Value::Bytes(vec![0, 255]));
+        assert_eq!(Kind::of("datetime", "datetime(6)"), Kind::Temporal);
+        let dt = |t: &str| decode(Kind::Temporal, &M::Bytes(t.as_bytes().to_vec()));
+        assert_eq!(dt("2026-11-26 12:00:00.120000"), Value::Text("2026-11-26 12:00:00.12".into()));
+        assert_eq!(dt("2026-11-26 12:00:00.000000"), Value::Text("2026-11-26 12:00:00".into()));
+        assert_eq!(dt("2026-11-26 12:00:10"), Value::Text("2026-11-26 12:00:10".into()));
+        assert_eq!(dt("-838:59:59"), Value::Text("-838:59:59".into()));
         assert_eq!(
             decode(Kind::Int { unsigned: true, bits: 64 }, &M::Bytes(b"18446744073709551615".to_vec())),
             Value::Text("18446744073709551615".into())

@@ -515,6 +515,44 @@ impl MyTable {
         Ok(row.unwrap_or(0) > 0)
     }
 
+    /// The UPDATE of one record, guarded by the values the engine read (`expect`).
+    fn update_sql(&self, key: &Key, values: &Row, expect: &Row) -> Result<String, ConnectorError> {
+        let sets: Vec<String> = values
+            .iter()
+            .map(|(c, v)| format!("{} = {}", ident(c), literal(v).unwrap_or_else(|_| "NULL".into())))
+            .collect();
+        let mut wh = vec![self.key_match(key)?];
+        for (c, v) in expect {
+            // Single-precision floats do not compare exactly with their text.
+            if self.column(c).is_some_and(|x| x.kind == Kind::Float { single: true }) {
+                continue;
+            }
+            wh.push(format!("{} <=> {}", ident(c), literal(v).unwrap_or_else(|_| "NULL".into())));
+        }
+        Ok(format!("UPDATE {} SET {} WHERE {}", self.qualified(), sets.join(", "), wh.join(" AND ")))
+    }
+
+    /// Runs many updates in one round trip (statements separated by `;`); returns how many rows
+    /// each matched, or `None` when the server refused one (the caller goes row by row).
+    async fn update_batch(conn: &mut Conn, sqls: &[String]) -> Result<Option<Vec<u64>>, mysql_async::Error> {
+        let mut counts = Vec::with_capacity(sqls.len());
+        let run = async {
+            let mut result = conn.query_iter(sqls.join(";\n")).await?;
+            counts.push(result.affected_rows());
+            while !result.is_empty() {
+                result.next().await?;
+                counts.push(result.affected_rows());
+            }
+            Ok::<_, mysql_async::Error>(())
+        };
+        match run.await {
+            Ok(()) if counts.len() == sqls.len() => Ok(Some(counts)),
+            Ok(()) => Ok(None),
+            Err(e) if row_refusal(&e).is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn write_one(conn: &mut Conn, t: &MyTable, w: &Write) -> Result<Result<Key, RowError>, mysql_async::Error> {
         match w {
             Write::Insert { intent, values } => {
@@ -547,20 +585,8 @@ impl MyTable {
             }
             Write::Update { key, values, expect } => {
                 let kmatch = t.key_match(key).map_err(|e| mysql_async::Error::Other(e.message.into()))?;
-                let sets: Vec<String> = values
-                    .iter()
-                    .map(|(c, v)| format!("{} = {}", ident(c), literal(v).unwrap_or_else(|_| "NULL".into())))
-                    .collect();
-                let mut wh = vec![kmatch.clone()];
-                for (c, v) in expect {
-                    // Single-precision floats do not compare exactly with their text.
-                    if t.column(c).is_some_and(|x| x.kind == Kind::Float { single: true }) {
-                        continue;
-                    }
-                    wh.push(format!("{} <=> {}", ident(c), literal(v).unwrap_or_else(|_| "NULL".into())));
-                }
-                conn.query_drop(format!("UPDATE {} SET {} WHERE {}", t.qualified(), sets.join(", "), wh.join(" AND ")))
-                    .await?;
+                let sql = t.update_sql(key, values, expect).map_err(|e| mysql_async::Error::Other(e.message.into()))?;
+                conn.query_drop(sql).await?;
                 if conn.affected_rows() == 0 && !expect.is_empty() {
                     let found: Option<i64> =
                         conn.query_first(format!("SELECT 1 FROM {} WHERE {kmatch}", t.qualified())).await?;
@@ -863,6 +889,33 @@ impl Connector for MyTable {
                     for (i, k) in deletes.iter().zip(keys) {
                         done[*i] = Some(Ok(k));
                     }
+                }
+            }
+            // Updates: many statements a round trip; one that matched no row (stale, or gone)
+            // is looked at again one by one below.
+            let updates: Vec<usize> =
+                (0..writes.len()).filter(|i| done[*i].is_none() && matches!(writes[*i], Write::Update { .. })).collect();
+            for chunk in updates.chunks(500).filter(|c| c.len() > 1) {
+                let sqls: Option<Vec<String>> = chunk
+                    .iter()
+                    .map(|i| match &writes[*i] {
+                        Write::Update { key, values, expect } => this.update_sql(key, values, expect).ok(),
+                        _ => None,
+                    })
+                    .collect();
+                let Some(sqls) = sqls else { continue };
+                conn.query_drop("SAVEPOINT tandem_batch").await?;
+                match Self::update_batch(&mut conn, &sqls).await? {
+                    Some(counts) => {
+                        for (i, n) in chunk.iter().zip(counts) {
+                            if let Write::Update { key, expect, .. } = &writes[*i] {
+                                if n > 0 || expect.is_empty() {
+                                    done[*i] = Some(Ok(key.clone()));
+                                }
+                            }
+                        }
+                    }
+                    None => conn.query_drop("ROLLBACK TO SAVEPOINT tandem_batch").await?,
                 }
             }
             let mut out = Vec::with_capacity(writes.len());
