@@ -196,8 +196,11 @@ pub fn status(path: &Path) -> Result<(), CliError> {
             let inbox = runner.store.inbox_len(name, side)?;
             let backlog = runner.backlog(i, side);
             let pending = match backlog {
-                Some(b) => format!("{}", inbox + b),
-                None => format!("{inbox} (+ unknown: {} is unreachable)", spec.system(side)),
+                Ok(Some(b)) => format!("{}", inbox + b),
+                Ok(None) => {
+                    format!("{inbox} (+ what {}'s change stream holds, which it cannot count)", spec.system(side))
+                }
+                Err(e) => format!("{inbox} (+ unknown: {} is unreachable: {e})", spec.system(side)),
             };
             println!("  pending from {:<7} {pending}", format!("{}:", spec.system(side)));
         }

@@ -146,10 +146,14 @@ impl Runner {
     }
 
     /// Backlog of captured but not yet read changes of a sync's side (`None` when unknown).
-    pub fn backlog(&mut self, i: usize, side: Side) -> Option<u64> {
-        let mut t = open_entity(&self.cfg, i, side).ok()?;
-        let cursor = tandem_core::store::StateStore::cursor(&mut self.store, &self.cfg.syncs[i].name, side).ok()??;
-        t.backlog(cursor).ok()?
+    /// Changes waiting in a side's change log: `Ok(None)` when the system cannot count them
+    /// (a replication stream), `Err` with the reason when it cannot be reached.
+    pub fn backlog(&mut self, i: usize, side: Side) -> Result<Option<u64>, String> {
+        let mut t = open_entity(&self.cfg, i, side).map_err(|e| e.to_string())?;
+        let cursor = tandem_core::store::StateStore::cursor(&mut self.store, &self.cfg.syncs[i].name, side)
+            .map_err(|e| e.to_string())?;
+        let Some(cursor) = cursor else { return Ok(None) };
+        t.backlog(cursor).map_err(|e| e.to_string())
     }
 }
 
