@@ -409,3 +409,35 @@ fn check_names_what_a_mariadb_user_lacks() {
     assert!(msg.contains("GRANT REPLICATION SLAVE") && msg.contains("GRANT BINLOG MONITOR"), "{msg}");
     assert!(!msg.contains("pw@"), "the password leaked: {msg}");
 }
+
+#[test]
+fn verify_full_refuses_a_certificate_for_another_host_name() {
+    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
+    let b = MyDb::new("tls_b");
+    b.sql("CREATE TABLE items (id BIGINT PRIMARY KEY, t TEXT)");
+    b.sql("INSERT INTO items VALUES (1, 'over TLS')");
+    let dir = TempDir::new("mytls");
+    db(&dir.path("a.db")).execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, t TEXT)").unwrap();
+    // scripts/mariadb-setup gives the server a certificate for "localhost" only.
+    let ca = "/etc/mysql/tandem-tls/ca.pem";
+    let write = |host: &str| {
+        let cfg = format!(
+            "state = \"state.db\"\n[systems.a]\nkind = \"sqlite\"\npath = \"a.db\"\n[systems.b]\nkind = \"mysql\"\nurl = \"mysql://root@{host}:3306/{}?sslmode=verify-full&sslrootcert={ca}\"\n[[sync]]\nname = \"items\"\nleft = {{ system = \"a\", table = \"items\" }}\nright = {{ system = \"b\", table = \"items\" }}\n[[sync.fields]]\nleft = \"id\"\nright = \"id\"\n[[sync.fields]]\nleft = \"t\"\nright = \"t\"\n",
+            b.0
+        );
+        std::fs::write(dir.path("tandem.toml"), cfg).unwrap();
+        dir.path("tandem.toml").to_str().unwrap().to_string()
+    };
+    let c = write("127.0.0.1");
+    let out = tandem(&["check", "-c", &c]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out).to_lowercase();
+    assert!(msg.contains("certificate") || msg.contains("notvalidforname"), "{msg}");
+    let c = write("localhost");
+    run_once(&c);
+    assert_eq!(rows(&db(&dir.path("a.db")), "SELECT t FROM items")[0][0], "over TLS");
+    // The sessions really were encrypted.
+    let tls_sessions =
+        mysql("", "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'Ssl_accepts'");
+    assert!(tls_sessions.parse::<u64>().unwrap() > 0);
+}
