@@ -1,5 +1,7 @@
 //! Tandem's connectors, one module per kind of system, and the SQLite-backed state store.
 
+#[cfg(feature = "postgres")]
+mod commits;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]

@@ -8,13 +8,13 @@
 //! annotations, checkpoints) to a client like this one as `BEGIN` or dummy query events.
 
 use super::codec::{int, Kind};
+use crate::commits::Commits;
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use tandem_core::connector::{ChangePage, ConnectorError, ErrorKind, Touched};
+use tandem_core::connector::{ChangePage, ConnectorError, ErrorKind};
 use tandem_core::value::{Key, Value};
 
 /// The table whose rows mark a transaction as Tandem's own.
@@ -47,12 +47,6 @@ struct Txn {
     at_ms: i64,
 }
 
-struct Done {
-    end: u64,
-    keys: Vec<Key>,
-    at_ms: i64,
-}
-
 /// What capture needs to know about the table.
 #[derive(Clone)]
 pub(crate) struct Target {
@@ -68,9 +62,7 @@ pub(crate) struct Capture {
     target: Target,
     file: u32,
     open: Option<Txn>,
-    done: VecDeque<Done>,
-    /// The end of the last transaction or statement seen (a boundary).
-    idle_end: u64,
+    commits: Commits,
 }
 
 fn err(kind: ErrorKind, what: String) -> ConnectorError {
@@ -101,7 +93,7 @@ impl Capture {
             .get_binlog_stream(request)
             .await
             .map_err(|e| err(ErrorKind::Unavailable, format!("starting the binlog stream at {name}:{offset}: {e}")))?;
-        Ok(Capture { stream, target, file, open: None, done: VecDeque::new(), idle_end: from })
+        Ok(Capture { stream, target, file, open: None, commits: Commits::new(from) })
     }
 
     fn key_of(&self, row: &mysql_async::binlog::row::BinlogRow) -> Result<Key, ConnectorError> {
@@ -145,8 +137,7 @@ impl Capture {
     fn close_txn(&mut self, end: u64, at_ms: i64) {
         if let Some(txn) = self.open.take() {
             let keys = if txn.own { Vec::new() } else { txn.keys };
-            self.done.push_back(Done { end, keys, at_ms: at_ms.max(txn.at_ms) });
-            self.idle_end = self.idle_end.max(end);
+            self.commits.commit(end, keys, at_ms.max(txn.at_ms));
         }
     }
 
@@ -161,7 +152,7 @@ impl Capture {
                 if let Some(n) = file_number(&r.name()) {
                     self.file = n;
                     if self.open.is_none() {
-                        self.idle_end = self.idle_end.max(pos(n, r.position() as u32));
+                        self.commits.pass(pos(n, r.position() as u32));
                     }
                 }
             }
@@ -195,7 +186,7 @@ impl Capture {
         // Any event outside a transaction ends at a boundary (the server's artificial events
         // at the start of a stream have no position).
         if self.open.is_none() && header.log_pos() != 0 {
-            self.idle_end = self.idle_end.max(end);
+            self.commits.pass(end);
         }
         Ok(())
     }
@@ -241,10 +232,6 @@ impl Capture {
         Ok(())
     }
 
-    fn pending_keys(&self, after: u64) -> usize {
-        self.done.iter().filter(|d| d.end > after).map(|d| d.keys.len().max(1)).sum()
-    }
-
     /// Receives events until the stream has reached `until` (the server's binlog position when
     /// the call began) or `limit` keys are pending, for at most `wait`; then returns the
     /// complete transactions after `after`.
@@ -256,7 +243,7 @@ impl Capture {
         wait: Duration,
     ) -> Result<ChangePage, ConnectorError> {
         let deadline = Instant::now() + wait;
-        while self.pending_keys(after) < limit && !(self.open.is_none() && self.idle_end.max(after) >= until) {
+        while self.commits.pending_keys(after) < limit && !self.commits.reached(after, until, self.open.is_some()) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -268,28 +255,15 @@ impl Capture {
                 Err(_) => break,
             }
         }
-        let reached = self.open.is_none() && self.idle_end.max(after) >= until;
-        tracing::trace!(until, seen = self.idle_end, reached, "binlog page");
-        let mut page = ChangePage { touched: Vec::new(), next: after, behind: !reached };
-        for d in self.done.iter().filter(|d| d.end > after) {
-            if !page.touched.is_empty() && page.touched.len() + d.keys.len() > limit {
-                page.behind = true;
-                break;
-            }
-            page.touched.extend(d.keys.iter().map(|k| Touched { pos: d.end, key: k.clone(), at_ms: d.at_ms }));
-            page.next = d.end;
-        }
-        if self.done.iter().all(|d| d.end <= page.next) && self.open.is_none() && self.idle_end > page.next {
-            page.next = self.idle_end;
-        }
-        Ok(page)
+        let open = self.open.is_some();
+        let reached = self.commits.reached(after, until, open);
+        tracing::trace!(until, seen = self.commits.seen(), reached, "binlog page");
+        Ok(self.commits.page(after, limit, reached, open))
     }
 
     /// Forgets transactions up to `upto` (durable in Tandem's state).
     pub(crate) fn ack(&mut self, upto: u64) {
-        while self.done.front().is_some_and(|d| d.end <= upto) {
-            self.done.pop_front();
-        }
+        self.commits.ack(upto);
     }
 
     /// Stops the stream.

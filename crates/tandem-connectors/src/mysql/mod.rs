@@ -7,6 +7,9 @@ pub(crate) mod codec;
 
 use crate::postgres::tls::{split_url, SslMode};
 use binlog::{pos, split, Capture, Target, WRITES_TABLE};
+
+/// Where Tandem remembers the records it creates until their links are durable.
+const INTENTS_TABLE: &str = "_tandem_intents";
 use codec::{decode, ident, key_value, literal, Kind};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
@@ -254,6 +257,9 @@ pub struct MyTable {
     /// Names Tandem's row in `_tandem_writes` and the replica id of its binlog stream.
     name: String,
     capture: Option<Capture>,
+    /// The spacing of AUTO_INCREMENT ids when one multi-row insert gets consecutive ids
+    /// (`innodb_autoinc_lock_mode` 0 or 1); `None` when it may not (mode 2).
+    id_step: Option<i64>,
 }
 
 /// A replica server id for a stream name, away from the small ids servers use.
@@ -271,12 +277,17 @@ impl MyTable {
     pub fn open(url: &MyUrl, table: &str, key: &[String], sync: &str, side: &str) -> Result<MyTable, ConnectorError> {
         let rt = runtime()?;
         let db = url.db();
-        let (conn, cols) = rt.block_on(async {
+        let (conn, cols, id_step) = rt.block_on(async {
             let mut conn = Conn::new(url.opts.clone())
                 .await
                 .map_err(|e| my_err(format_args!("connecting to {}", url.label()), e))?;
             let cols = columns(&mut conn, &db, table).await.map_err(|e| my_err(format_args!("reading {table}"), e))?;
-            Ok::<_, ConnectorError>((conn, cols))
+            let ids: Option<(i64, i64)> = conn
+                .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
+                .await
+                .map_err(|e| my_err(format_args!("reading the settings of {}", url.label()), e))?;
+            let id_step = ids.filter(|(mode, _)| *mode < 2).map(|(_, step)| step);
+            Ok::<_, ConnectorError>((conn, cols, id_step))
         })?;
         if cols.is_empty() {
             return Err(ConnectorError::new(
@@ -301,6 +312,7 @@ impl MyTable {
             columns: cols,
             name: format!("{sync}:{side}:{table}"),
             capture: None,
+            id_step,
         })
     }
 
@@ -497,18 +509,24 @@ impl MyTable {
         }
     }
 
-    fn installed(&mut self) -> Result<bool, ConnectorError> {
-        let name = self.name.clone();
+    /// Whether the synced database has a table of this name (Tandem's own tables appear on the
+    /// first run).
+    fn has_table(&mut self, name: &'static str) -> Result<bool, ConnectorError> {
         let db = self.url.db();
-        let exists: Option<i64> = self.with("reading", move |c| {
+        let n: Option<i64> = self.with("reading the tables of", move |c| {
             Box::pin(c.exec_first(
                 "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (db, WRITES_TABLE),
+                (db, name),
             ))
         })?;
-        if exists.unwrap_or(0) == 0 {
+        Ok(n.unwrap_or(0) > 0)
+    }
+
+    fn installed(&mut self) -> Result<bool, ConnectorError> {
+        if !self.has_table(WRITES_TABLE)? {
             return Ok(false);
         }
+        let name = self.name.clone();
         let row: Option<i64> = self.with("reading", move |c| {
             Box::pin(c.exec_first(format!("SELECT count(*) FROM {} WHERE id = ?", ident(WRITES_TABLE)), (name,)))
         })?;
@@ -605,18 +623,13 @@ impl MyTable {
     }
 
     /// Inserts new rows in one statement; `None` when the batch must go row by row.
-    async fn insert_batch(
-        conn: &mut Conn,
-        t: &MyTable,
-        rows: &[&Row],
-        consecutive: bool,
-    ) -> Result<Option<Vec<Key>>, mysql_async::Error> {
+    async fn insert_batch(conn: &mut Conn, t: &MyTable, rows: &[&Row]) -> Result<Option<Vec<Key>>, mysql_async::Error> {
         let cols: Vec<String> = match rows.first() {
             Some(r) => r.keys().cloned().collect(),
             None => return Ok(Some(Vec::new())),
         };
         let keys: Option<Vec<Key>> = rows.iter().map(|r| t.key_of(r)).collect();
-        if keys.is_none() && (t.auto_key().is_none() || !consecutive) {
+        if keys.is_none() && (t.auto_key().is_none() || t.id_step.is_none()) {
             return Ok(None);
         }
         let mut tuples = Vec::with_capacity(rows.len());
@@ -633,10 +646,10 @@ impl MyTable {
         Ok(Some(match keys {
             Some(k) => k,
             None => {
-                // One multi-row insert gets consecutive ids (innodb_autoinc_lock_mode 0 or 1),
-                // spaced by auto_increment_increment; LAST_INSERT_ID() is the first.
+                // One multi-row insert gets consecutive ids, spaced by the step; LAST_INSERT_ID()
+                // is the first.
                 let first = conn.last_insert_id().unwrap_or(0) as i64;
-                let step: i64 = conn.query_first("SELECT @@auto_increment_increment").await?.unwrap_or(1);
+                let step = t.id_step.unwrap_or(1);
                 (0..rows.len() as i64).map(|i| Key::from_values(&[Value::Int(first + i * step)])).collect()
             }
         }))
@@ -648,11 +661,6 @@ impl MyTable {
             (name,),
         )
         .await
-    }
-
-    async fn consecutive_ids(conn: &mut Conn) -> Result<bool, mysql_async::Error> {
-        let mode: Option<i64> = conn.query_first("SELECT @@innodb_autoinc_lock_mode").await?;
-        Ok(mode.unwrap_or(2) < 2)
     }
 }
 
@@ -847,10 +855,9 @@ impl Connector for MyTable {
                     .collect();
                 let same_shape = rows.windows(2).all(|w| w[0].keys().eq(w[1].keys()));
                 if same_shape {
-                    let consecutive = Self::consecutive_ids(&mut conn).await?;
                     conn.query_drop("SAVEPOINT tandem_batch").await?;
                     let refs: Vec<&Row> = rows.iter().collect();
-                    match Self::insert_batch(&mut conn, this, &refs, consecutive).await? {
+                    match Self::insert_batch(&mut conn, this, &refs).await? {
                         Some(keys) => {
                             let mut intents = Vec::with_capacity(keys.len());
                             for (i, k) in inserts.iter().zip(&keys) {
@@ -952,20 +959,12 @@ impl Connector for MyTable {
     }
 
     fn created(&mut self, intent: &str) -> Result<Option<Key>, ConnectorError> {
-        let (intent, table, db) = (intent.to_string(), self.table.clone(), self.url.db());
+        if !self.has_table(INTENTS_TABLE)? {
+            return Ok(None);
+        }
+        let (intent, table) = (intent.to_string(), self.table.clone());
         let pk: Option<String> = self.with("reading intents of", move |c| {
-            Box::pin(async move {
-                let exists: Option<i64> = c
-                    .exec_first(
-                        "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = '_tandem_intents'",
-                        (db,),
-                    )
-                    .await?;
-                if exists.unwrap_or(0) == 0 {
-                    return Ok(None);
-                }
-                c.exec_first("SELECT pk FROM _tandem_intents WHERE id = ? AND tbl = ?", (intent, table)).await
-            })
+            Box::pin(c.exec_first("SELECT pk FROM _tandem_intents WHERE id = ? AND tbl = ?", (intent, table)))
         })?;
         Ok(pk.and_then(|p| Key::parse(&p)))
     }
@@ -984,20 +983,12 @@ impl Connector for MyTable {
     }
 
     fn intent_ids(&mut self) -> Result<Vec<String>, ConnectorError> {
-        let (table, db) = (self.table.clone(), self.url.db());
+        if !self.has_table(INTENTS_TABLE)? {
+            return Ok(Vec::new());
+        }
+        let table = self.table.clone();
         self.with("reading intents of", move |c| {
-            Box::pin(async move {
-                let exists: Option<i64> = c
-                    .exec_first(
-                        "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = '_tandem_intents'",
-                        (db,),
-                    )
-                    .await?;
-                if exists.unwrap_or(0) == 0 {
-                    return Ok(Vec::new());
-                }
-                c.exec("SELECT id FROM _tandem_intents WHERE tbl = ?", (table,)).await
-            })
+            Box::pin(c.exec("SELECT id FROM _tandem_intents WHERE tbl = ?", (table,)))
         })
     }
 
@@ -1043,7 +1034,6 @@ impl Connector for MyTable {
         let result = self.rt.block_on(async {
             conn.query_drop("START TRANSACTION").await?;
             Self::mark_own(&mut conn, &this.name).await?;
-            let consecutive = Self::consecutive_ids(&mut conn).await?;
             let mut keys = Vec::with_capacity(rows.len());
             // Statements of about a megabyte each (max_allowed_packet is 16 MB by default).
             let mut start = 0;
@@ -1062,7 +1052,7 @@ impl Connector for MyTable {
                     end += 1;
                 }
                 let refs: Vec<&Row> = rows[start..end].iter().collect();
-                match Self::insert_batch(&mut conn, this, &refs, consecutive).await {
+                match Self::insert_batch(&mut conn, this, &refs).await {
                     Ok(Some(k)) => keys.extend(k),
                     Ok(None) => {
                         conn.query_drop("ROLLBACK").await?;
@@ -1103,24 +1093,18 @@ impl Connector for MyTable {
 
     fn uninstall(&mut self) -> Result<String, ConnectorError> {
         self.stop_capture();
-        let (name, table, db) = (self.name.clone(), self.table.clone(), self.url.db());
-        self.with("removing capture from", move |c| {
-            Box::pin(async move {
-                let tables: Vec<String> = c
-                    .exec(
-                        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN ('_tandem_writes', '_tandem_intents')",
-                        (db,),
-                    )
-                    .await?;
-                if tables.iter().any(|t| t == WRITES_TABLE) {
-                    c.exec_drop(format!("DELETE FROM {} WHERE id = ?", ident(WRITES_TABLE)), (name,)).await?;
-                }
-                if tables.iter().any(|t| t == "_tandem_intents") {
-                    c.exec_drop("DELETE FROM _tandem_intents WHERE tbl = ?", (table,)).await?;
-                }
-                Ok(())
-            })
-        })?;
+        if self.has_table(WRITES_TABLE)? {
+            let name = self.name.clone();
+            self.with("removing capture from", move |c| {
+                Box::pin(c.exec_drop(format!("DELETE FROM {} WHERE id = ?", ident(WRITES_TABLE)), (name,)))
+            })?;
+        }
+        if self.has_table(INTENTS_TABLE)? {
+            let table = self.table.clone();
+            self.with("removing capture from", move |c| {
+                Box::pin(c.exec_drop("DELETE FROM _tandem_intents WHERE tbl = ?", (table,)))
+            })?;
+        }
         Ok(format!("removed Tandem's marker row `{}` and intents from {}", self.name, self.label()))
     }
 }

@@ -10,11 +10,12 @@
 //! pile up behind an idle slot.
 
 use super::codec::from_text;
+use crate::commits::Commits;
 use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tandem_core::connector::{ChangePage, ConnectorError, ErrorKind, Touched};
+use tandem_core::connector::{ChangePage, ConnectorError, ErrorKind};
 use tandem_core::value::{Key, Value};
 
 /// Microseconds from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
@@ -33,12 +34,6 @@ struct Txn {
     at_ms: i64,
 }
 
-struct Done {
-    end: u64,
-    keys: Vec<Key>,
-    at_ms: i64,
-}
-
 /// A running replication stream.
 pub(crate) struct Capture {
     client: ReplicationClient,
@@ -46,8 +41,7 @@ pub(crate) struct Capture {
     relations: HashMap<u32, Relation>,
     key_columns: Vec<String>,
     open: Option<Txn>,
-    done: VecDeque<Done>,
-    idle_end: u64,
+    commits: Commits,
 }
 
 fn err(kind: ErrorKind, what: String) -> ConnectorError {
@@ -68,8 +62,7 @@ impl Capture {
             relations: HashMap::new(),
             key_columns,
             open: None,
-            done: VecDeque::new(),
-            idle_end: 0,
+            commits: Commits::new(0),
         })
     }
 
@@ -103,12 +96,12 @@ impl Capture {
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if let Some(txn) = self.open.take() {
                     let keys = if txn.own { Vec::new() } else { txn.keys };
-                    self.done.push_back(Done { end: end_lsn.as_u64(), keys, at_ms: txn.at_ms });
+                    self.commits.commit(end_lsn.as_u64(), keys, txn.at_ms);
                 }
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 if self.open.is_none() {
-                    self.idle_end = self.idle_end.max(wal_end.as_u64());
+                    self.commits.pass(wal_end.as_u64());
                 }
             }
             ReplicationEvent::XLogData { data, .. } => {
@@ -165,10 +158,6 @@ impl Capture {
         Ok(())
     }
 
-    fn pending_keys(&self, after: u64) -> usize {
-        self.done.iter().filter(|d| d.end > after).map(|d| d.keys.len().max(1)).sum()
-    }
-
     /// Receives events until the stream has reached `until` (the server's flushed WAL position
     /// when the call began) or `limit` keys are pending, for at most `wait`; then returns the
     /// complete transactions after `after`.
@@ -180,11 +169,7 @@ impl Capture {
         wait: Duration,
     ) -> Result<ChangePage, ConnectorError> {
         let deadline = Instant::now() + wait;
-        // Everything up to `after` is done already: with no WAL written since, the stream has
-        // nothing to say (and an idle server sends no keepalive to say so).
-        let reached =
-            |c: &Capture| c.open.is_none() && c.idle_end.max(after).max(c.done.back().map_or(0, |d| d.end)) >= until;
-        while self.pending_keys(after) < limit && !reached(self) {
+        while self.commits.pending_keys(after) < limit && !self.commits.reached(after, until, self.open.is_some()) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -196,27 +181,14 @@ impl Capture {
                 Err(_) => break,
             }
         }
-        let mut page = ChangePage { touched: Vec::new(), next: after, behind: !reached(self) };
-        for d in self.done.iter().filter(|d| d.end > after) {
-            if !page.touched.is_empty() && page.touched.len() + d.keys.len() > limit {
-                page.behind = true;
-                break;
-            }
-            page.touched.extend(d.keys.iter().map(|k| Touched { pos: d.end, key: k.clone(), at_ms: d.at_ms }));
-            page.next = d.end;
-        }
-        if self.done.iter().all(|d| d.end <= page.next) && self.open.is_none() && self.idle_end > page.next {
-            page.next = self.idle_end;
-        }
-        Ok(page)
+        let open = self.open.is_some();
+        Ok(self.commits.page(after, limit, self.commits.reached(after, until, open), open))
     }
 
     /// The engine has made everything up to `upto` durable: forget it and confirm it to the
     /// server (the slot's `confirmed_flush_lsn`).
     pub(crate) fn ack(&mut self, upto: u64) {
-        while self.done.front().is_some_and(|d| d.end <= upto) {
-            self.done.pop_front();
-        }
+        self.commits.ack(upto);
         self.client.update_applied_lsn(Lsn::from_u64(upto));
     }
 

@@ -178,10 +178,8 @@ impl Drop for PgDb {
     }
 }
 
-/// Runs SQL through the `mysql` client on the local MariaDB (root, no password); returns the
-/// rows tab-separated (NULL as `NULL`), one a line.
-pub fn mysql(db: &str, sql: &str) -> String {
-    let out = Command::new("mysql")
+fn mysql_output(db: &str, sql: &str) -> Output {
+    Command::new("mysql")
         .args([
             "-h",
             "127.0.0.1",
@@ -197,7 +195,13 @@ pub fn mysql(db: &str, sql: &str) -> String {
         ])
         .args((!db.is_empty()).then_some(db))
         .output()
-        .expect("mysql runs");
+        .expect("mysql runs")
+}
+
+/// Runs SQL through the `mysql` client on the local MariaDB (root, no password); returns the
+/// rows tab-separated (NULL as `NULL`), one a line.
+pub fn mysql(db: &str, sql: &str) -> String {
+    let out = mysql_output(db, sql);
     assert!(out.status.success(), "mysql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
@@ -224,21 +228,7 @@ impl MyDb {
     /// application writing beside Tandem would).
     pub fn sql_retrying(&self, sql: &str) -> String {
         for _ in 0..20 {
-            let out = Command::new("mysql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-uroot",
-                    "--default-character-set=utf8mb4",
-                    "-N",
-                    "-B",
-                    "--raw",
-                    "-e",
-                    sql,
-                    &self.0,
-                ])
-                .output()
-                .expect("mysql runs");
+            let out = mysql_output(&self.0, sql);
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).trim_end().to_string();
             }
