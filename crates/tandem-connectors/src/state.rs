@@ -10,13 +10,14 @@ use tandem_core::value::{row_from_json, row_to_json, Key, Row, Value};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cursors (sync TEXT NOT NULL, side TEXT NOT NULL, pos INTEGER NOT NULL, PRIMARY KEY (sync, side));
-CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, sync TEXT NOT NULL, side TEXT NOT NULL, key TEXT NOT NULL, at INTEGER NOT NULL, UNIQUE (sync, side, key));
+CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, sync TEXT NOT NULL, side TEXT NOT NULL, key TEXT NOT NULL, at INTEGER NOT NULL, pos INTEGER NOT NULL DEFAULT 0, UNIQUE (sync, side, key));
 CREATE TABLE IF NOT EXISTS links (sync TEXT NOT NULL, left_key TEXT NOT NULL, right_key TEXT NOT NULL, base TEXT NOT NULL, tombstone TEXT, pending TEXT, PRIMARY KEY (sync, left_key), UNIQUE (sync, right_key));
 CREATE TABLE IF NOT EXISTS intents (sync TEXT NOT NULL, id TEXT NOT NULL, source TEXT NOT NULL, source_key TEXT NOT NULL, base TEXT NOT NULL, revisit INTEGER NOT NULL, PRIMARY KEY (sync, id));
 CREATE TABLE IF NOT EXISTS conflicts (id INTEGER PRIMARY KEY AUTOINCREMENT, sync TEXT NOT NULL, left_key TEXT NOT NULL, right_key TEXT NOT NULL, field TEXT NOT NULL, base TEXT, left_value TEXT NOT NULL, right_value TEXT NOT NULL, opened_at INTEGER NOT NULL, resolution TEXT);
 CREATE INDEX IF NOT EXISTS conflicts_open ON conflicts (sync, left_key) WHERE resolution IS NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, sync TEXT NOT NULL, side TEXT NOT NULL, key TEXT NOT NULL, field TEXT, value_type TEXT, error TEXT NOT NULL, at INTEGER NOT NULL, UNIQUE (sync, side, key));
-CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, sync TEXT NOT NULL, kind TEXT NOT NULL, source TEXT, left_key TEXT, right_key TEXT, field TEXT, base TEXT, left_value TEXT, right_value TEXT, winner TEXT, rule TEXT, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, sync TEXT NOT NULL, kind TEXT NOT NULL, source TEXT, left_key TEXT, right_key TEXT, field TEXT, base TEXT, left_value TEXT, right_value TEXT, winner TEXT, rule TEXT, detail TEXT NOT NULL, position INTEGER, prev_hash TEXT NOT NULL DEFAULT '', hash TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE INDEX IF NOT EXISTS audit_keys ON audit (sync, left_key);
 CREATE TABLE IF NOT EXISTS meta (sync TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (sync, name));
 ";
@@ -86,7 +87,166 @@ impl SqliteStore {
             conn.execute_batch("ALTER TABLE links ADD COLUMN pending TEXT")
                 .map_err(|e| err("upgrading state schema", e))?;
         }
+        // State files from before the audit chain and change positions get the columns, and
+        // their audit rows are chained once, in order.
+        let column = |table: &str, name: &str| -> Result<bool, StoreError> {
+            conn.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", params![table, name], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n > 0)
+            .map_err(|e| err("reading state schema", e))
+        };
+        if !column("inbox", "pos")? {
+            conn.execute_batch("ALTER TABLE inbox ADD COLUMN pos INTEGER NOT NULL DEFAULT 0")
+                .map_err(|e| err("upgrading state schema", e))?;
+        }
+        if !column("audit", "hash")? {
+            conn.execute_batch(
+                "ALTER TABLE audit ADD COLUMN position INTEGER;
+                 ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+                 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);",
+            )
+            .map_err(|e| err("upgrading state schema", e))?;
+            let mut store = SqliteStore { conn };
+            store.chain_unchained()?;
+            return Ok(store);
+        }
         Ok(SqliteStore { conn })
+    }
+
+    /// Gives audit rows written before the chain existed their hashes, in id order.
+    fn chain_unchained(&mut self) -> Result<(), StoreError> {
+        let rows = self.audit(None)?;
+        let tx = self.conn.transaction().map_err(|e| err("chaining audit", e))?;
+        let mut prev = String::new();
+        for a in rows {
+            let hash = audit_hash(&prev, &a);
+            tx.execute("UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE id = ?1", params![a.id, prev, hash])
+                .map_err(|e| err("chaining audit", e))?;
+            prev = hash;
+        }
+        tx.commit().map_err(|e| err("chaining audit", e))
+    }
+
+    /// Checks the audit trail's hash chain from its first kept row to its last: each row must
+    /// carry the hash of the one before (or of the last row removed by retention) and hash to
+    /// its own recorded value.
+    pub fn verify_audit(&mut self) -> Result<AuditVerdict, StoreError> {
+        let anchor = self.meta("", "audit_anchor")?.unwrap_or_default();
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {AUDIT_COLS}, prev_hash, hash FROM audit ORDER BY id"))
+            .map_err(|e| err("reading audit", e))?;
+        let mut rows = stmt.query([]).map_err(|e| err("reading audit", e))?;
+        let mut prev = anchor;
+        let mut checked = 0u64;
+        while let Some(r) = rows.next().map_err(|e| err("reading audit", e))? {
+            let a = audit_from(r).map_err(|e| err("reading audit", e))?;
+            let recorded_prev: String = r.get(15).map_err(|e| err("reading audit", e))?;
+            let recorded: String = r.get(16).map_err(|e| err("reading audit", e))?;
+            if recorded_prev != prev {
+                return Ok(AuditVerdict::Broken {
+                    id: a.id,
+                    why: "it does not carry the hash of the row before it: a row before it was removed, inserted or changed".into(),
+                    checked,
+                });
+            }
+            let hash = audit_hash(&prev, &a);
+            if hash != recorded {
+                return Ok(AuditVerdict::Broken {
+                    id: a.id,
+                    why: "its content does not match its hash: the row was changed after it was written".into(),
+                    checked,
+                });
+            }
+            prev = recorded;
+            checked += 1;
+        }
+        Ok(AuditVerdict::Intact { rows: checked, head: prev })
+    }
+
+    /// Removes audit rows older than `before` (ms), keeping the chain checkable: the hash of the
+    /// last row removed becomes the anchor the first kept row is checked against.
+    pub fn prune_audit(&mut self, before: i64) -> Result<u64, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| err("pruning audit", e))?;
+        // Rows go in id order: everything up to the last row that is old enough.
+        let last: Option<(i64, String)> = tx
+            .query_row("SELECT id, hash FROM audit WHERE at < ?1 ORDER BY id DESC LIMIT 1", params![before], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(|e| err("pruning audit", e))?;
+        let Some((id, hash)) = last else { return Ok(0) };
+        let n = tx.execute("DELETE FROM audit WHERE id <= ?1", params![id]).map_err(|e| err("pruning audit", e))?;
+        tx.execute(
+            "INSERT INTO meta (sync, name, value) VALUES ('', 'audit_anchor', ?1) ON CONFLICT (sync, name) DO UPDATE SET value = excluded.value",
+            params![hash],
+        )
+        .map_err(|e| err("pruning audit", e))?;
+        tx.commit().map_err(|e| err("pruning audit", e))?;
+        Ok(n as u64)
+    }
+
+    /// Audit rows matching a query, oldest first, at most `limit` (the latest ones).
+    pub fn audit_query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        let mut sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(s) = &q.sync {
+            arg(&mut sql, " AND sync = ?", s.clone().into());
+        }
+        if let Some(k) = &q.key {
+            let k = parse_key_text(k);
+            arg(&mut sql, " AND (left_key = ? OR right_key = ?)", k.as_str().to_string().into());
+        }
+        if let Some(from) = q.from {
+            arg(&mut sql, " AND at >= ?", from.into());
+        }
+        if let Some(to) = q.to {
+            arg(&mut sql, " AND at < ?", to.into());
+        }
+        if let Some(rule) = &q.rule {
+            arg(&mut sql, " AND (rule = ? OR rule LIKE ? || ':%')", rule.clone().into());
+        }
+        if let Some(kind) = &q.kind {
+            arg(&mut sql, " AND kind = ?", kind.clone().into());
+        }
+        arg(&mut sql, " ORDER BY id DESC LIMIT ?", (q.limit.min(i64::MAX as usize) as i64).into());
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| err("reading audit", e))?;
+        let mut rows: Vec<AuditRow> = stmt
+            .query_map(rusqlite::params_from_iter(args), audit_from)
+            .and_then(|it| it.collect())
+            .map_err(|e| err("reading audit", e))?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Forgets a dead letter without retrying it (the record stays as it is on both sides until
+    /// it changes again); audited.
+    pub fn discard_dead_letter(&mut self, id: i64, at: i64) -> Result<bool, StoreError> {
+        let Some(d) = self.dead_letters(None)?.into_iter().find(|d| d.id == id) else { return Ok(false) };
+        self.commit(vec![
+            Op::ClearDeadLetter { sync: d.sync.clone(), side: d.side, key: d.key.clone() },
+            Op::Audit(AuditRow {
+                at,
+                sync: d.sync,
+                kind: "discard".into(),
+                source: Some(d.side),
+                left_key: (d.side == Side::Left).then(|| d.key.clone()),
+                right_key: (d.side == Side::Right).then(|| d.key.clone()),
+                field: d.field,
+                detail: format!("dead letter {id} discarded by an operator"),
+                ..AuditRow::default()
+            }),
+        ])?;
+        Ok(true)
     }
 
     fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> rusqlite::Result<()> {
@@ -94,8 +254,8 @@ impl SqliteStore {
             Op::Cursor { sync, side, pos } => {
                 tx.prepare_cached("INSERT INTO cursors (sync, side, pos) VALUES (?1, ?2, ?3) ON CONFLICT (sync, side) DO UPDATE SET pos = excluded.pos")?.execute(params![sync, side.as_str(), pos as i64])?;
             }
-            Op::Touch { sync, side, key, at } => {
-                tx.prepare_cached("INSERT INTO inbox (sync, side, key, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (sync, side, key) DO UPDATE SET at = max(at, excluded.at)")?.execute(params![sync, side.as_str(), key.as_str(), at])?;
+            Op::Touch { sync, side, key, at, pos } => {
+                tx.prepare_cached("INSERT INTO inbox (sync, side, key, at, pos) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (sync, side, key) DO UPDATE SET at = max(at, excluded.at), pos = max(pos, excluded.pos)")?.execute(params![sync, side.as_str(), key.as_str(), at, pos as i64])?;
             }
             Op::Untouch { sync, side, key } => {
                 tx.prepare_cached("DELETE FROM inbox WHERE sync = ?1 AND side = ?2 AND key = ?3")?.execute(params![
@@ -159,21 +319,8 @@ impl SqliteStore {
                     .execute(params![sync, side.as_str(), key.as_str()])?;
             }
             Op::Audit(a) => {
-                tx.prepare_cached("INSERT INTO audit (at, sync, kind, source, left_key, right_key, field, base, left_value, right_value, winner, rule, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")?.execute(params![
-                        a.at,
-                        a.sync,
-                        a.kind,
-                        a.source.map(Side::as_str),
-                        a.left_key.as_ref().map(Key::as_str),
-                        a.right_key.as_ref().map(Key::as_str),
-                        a.field,
-                        a.base.as_ref().map(enc),
-                        a.left.as_ref().map(enc),
-                        a.right.as_ref().map(enc),
-                        a.winner.map(Side::as_str),
-                        a.rule,
-                        a.detail
-                    ])?;
+                let mut prev = None;
+                Self::append_audit(tx, &mut prev, &a)?;
             }
             Op::Meta { sync, name, value } => match value {
                 Some(v) => {
@@ -185,6 +332,41 @@ impl SqliteStore {
                 }
             },
         }
+        Ok(())
+    }
+
+    /// Appends one audit row to the chain: it carries the hash of the row before it.
+    fn append_audit(tx: &rusqlite::Transaction<'_>, prev: &mut Option<String>, a: &AuditRow) -> rusqlite::Result<()> {
+        let before = match prev.take() {
+            Some(h) => h,
+            None => tx
+                .query_row("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+                .optional()?
+                .or(tx
+                    .query_row("SELECT value FROM meta WHERE sync = '' AND name = 'audit_anchor'", [], |r| r.get(0))
+                    .optional()?)
+                .unwrap_or_default(),
+        };
+        let hash = audit_hash(&before, a);
+        tx.prepare_cached("INSERT INTO audit (at, sync, kind, source, left_key, right_key, field, base, left_value, right_value, winner, rule, detail, position, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)")?.execute(params![
+            a.at,
+            a.sync,
+            a.kind,
+            a.source.map(Side::as_str),
+            a.left_key.as_ref().map(Key::as_str),
+            a.right_key.as_ref().map(Key::as_str),
+            a.field,
+            a.base.as_ref().map(enc),
+            a.left.as_ref().map(enc),
+            a.right.as_ref().map(enc),
+            a.winner.map(Side::as_str),
+            a.rule,
+            a.detail,
+            a.position.map(|p| p as i64),
+            before,
+            hash
+        ])?;
+        *prev = Some(hash);
         Ok(())
     }
 
@@ -215,12 +397,107 @@ impl SqliteStore {
 
     /// Audit rows of one record (by its left or right key), in order.
     pub fn audit_of(&mut self, sync: Option<&str>, key_text: &str) -> Result<Vec<AuditRow>, StoreError> {
-        let all = self.audit(sync)?;
-        let k =
-            Key::parse(key_text).or_else(|| key_text.parse::<i64>().ok().map(|i| Key::from_values(&[Value::Int(i)])));
-        let k = k.unwrap_or_else(|| Key::from_values(&[Value::Text(key_text.to_string())]));
-        Ok(all.into_iter().filter(|a| a.left_key.as_ref() == Some(&k) || a.right_key.as_ref() == Some(&k)).collect())
+        self.audit_query(&AuditQuery {
+            sync: sync.map(str::to_string),
+            key: Some(key_text.to_string()),
+            limit: usize::MAX,
+            ..AuditQuery::default()
+        })
     }
+}
+
+const AUDIT_COLS: &str = "id, at, sync, kind, source, left_key, right_key, field, base, left_value, right_value, winner, rule, detail, position";
+
+fn audit_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        sync: r.get(2)?,
+        kind: r.get(3)?,
+        source: r.get::<_, Option<String>>(4)?.map(|s| side(&s)),
+        left_key: r.get::<_, Option<String>>(5)?.map(key),
+        right_key: r.get::<_, Option<String>>(6)?.map(key),
+        field: r.get(7)?,
+        base: r.get::<_, Option<String>>(8)?.map(|s| dec(&s)),
+        left: r.get::<_, Option<String>>(9)?.map(|s| dec(&s)),
+        right: r.get::<_, Option<String>>(10)?.map(|s| dec(&s)),
+        winner: r.get::<_, Option<String>>(11)?.map(|s| side(&s)),
+        rule: r.get(12)?,
+        detail: r.get(13)?,
+        position: r.get::<_, Option<i64>>(14)?.map(|p| p as u64),
+    })
+}
+
+/// The hash of an audit row chained to the one before: SHA-256 over the previous hash and
+/// every field of the row (not its id, which SQLite assigns), hex-encoded.
+fn audit_hash(prev: &str, a: &AuditRow) -> String {
+    use sha2::{Digest, Sha256};
+    let fields = serde_json::json!([
+        prev,
+        a.at,
+        a.sync,
+        a.kind,
+        a.source.map(Side::as_str),
+        a.left_key.as_ref().map(Key::as_str),
+        a.right_key.as_ref().map(Key::as_str),
+        a.field,
+        a.base.as_ref().map(enc),
+        a.left.as_ref().map(enc),
+        a.right.as_ref().map(enc),
+        a.winner.map(Side::as_str),
+        a.rule,
+        a.detail,
+        a.position,
+    ]);
+    let digest = Sha256::digest(fields.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `tandem audit verify` found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AuditVerdict {
+    /// Every kept row is chained and unchanged.
+    Intact {
+        /// Rows checked.
+        rows: u64,
+        /// The last row's hash (write it down elsewhere to detect a rewrite of the whole trail).
+        head: String,
+    },
+    /// The first row that fails.
+    Broken {
+        /// Its id.
+        id: i64,
+        /// What is wrong with it.
+        why: String,
+        /// Rows checked before it.
+        checked: u64,
+    },
+}
+
+/// A filter over the audit trail.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    /// Only this sync.
+    pub sync: Option<String>,
+    /// Only this record (its left or right key, `7` or `[7]`).
+    pub key: Option<String>,
+    /// From this time (ms, inclusive).
+    pub from: Option<i64>,
+    /// Until this time (ms, exclusive).
+    pub to: Option<i64>,
+    /// Only decisions by this rule (`latest`, `prefer`, `hold`, `match_on`, …).
+    pub rule: Option<String>,
+    /// Only this kind of row (`apply`, `decision`, `conflict`, …).
+    pub kind: Option<String>,
+    /// At most this many rows (the latest).
+    pub limit: usize,
+}
+
+/// A record key as a user types it: `[7]`, `7` or `ada@example.com`.
+pub fn parse_key_text(text: &str) -> Key {
+    Key::parse(text)
+        .or_else(|| text.parse::<i64>().ok().map(|i| Key::from_values(&[Value::Int(i)])))
+        .unwrap_or_else(|| Key::from_values(&[Value::Text(text.to_string())]))
 }
 
 const CONFLICT_COLS: &str =
@@ -232,7 +509,12 @@ impl StateStore for SqliteStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| err("beginning commit", e))?;
+        let mut prev: Option<String> = None;
         for op in ops {
+            if let Op::Audit(a) = op {
+                Self::append_audit(&tx, &mut prev, &a).map_err(|e| err("writing audit", e))?;
+                continue;
+            }
             Self::apply(&tx, op).map_err(|e| err("writing state", e))?;
         }
         tx.commit().map_err(|e| err("committing state", e))
@@ -251,7 +533,7 @@ impl StateStore for SqliteStore {
     fn inbox(&mut self, sync: &str, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT seq, side, key, at FROM inbox WHERE sync = ?1 ORDER BY seq LIMIT ?2")
+            .prepare_cached("SELECT seq, side, key, at, pos FROM inbox WHERE sync = ?1 ORDER BY seq LIMIT ?2")
             .map_err(|e| err("reading inbox", e))?;
         let rows = stmt
             .query_map(params![sync, limit as i64], |r| {
@@ -260,6 +542,7 @@ impl StateStore for SqliteStore {
                     side: side(&r.get::<_, String>(1)?),
                     key: key(r.get(2)?),
                     at: r.get(3)?,
+                    pos: r.get::<_, i64>(4)? as u64,
                 })
             })
             .and_then(|it| it.collect())
@@ -395,27 +678,10 @@ impl StateStore for SqliteStore {
     fn audit(&mut self, sync: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, at, sync, kind, source, left_key, right_key, field, base, left_value, right_value, winner, rule, detail FROM audit WHERE (?1 IS NULL OR sync = ?1) ORDER BY id")
+            .prepare(&format!("SELECT {AUDIT_COLS} FROM audit WHERE (?1 IS NULL OR sync = ?1) ORDER BY id"))
             .map_err(|e| err("reading audit", e))?;
         let rows = stmt
-            .query_map(params![sync], |r| {
-                Ok(AuditRow {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    sync: r.get(2)?,
-                    kind: r.get(3)?,
-                    source: r.get::<_, Option<String>>(4)?.map(|s| side(&s)),
-                    left_key: r.get::<_, Option<String>>(5)?.map(key),
-                    right_key: r.get::<_, Option<String>>(6)?.map(key),
-                    field: r.get(7)?,
-                    base: r.get::<_, Option<String>>(8)?.map(|s| dec(&s)),
-                    left: r.get::<_, Option<String>>(9)?.map(|s| dec(&s)),
-                    right: r.get::<_, Option<String>>(10)?.map(|s| dec(&s)),
-                    winner: r.get::<_, Option<String>>(11)?.map(|s| side(&s)),
-                    rule: r.get(12)?,
-                    detail: r.get(13)?,
-                })
-            })
+            .query_map(params![sync], audit_from)
             .and_then(|it| it.collect())
             .map_err(|e| err("reading audit", e))?;
         Ok(rows)
@@ -426,5 +692,106 @@ impl StateStore for SqliteStore {
             .query_row("SELECT value FROM meta WHERE sync = ?1 AND name = ?2", params![sync, name], |r| r.get(0))
             .optional()
             .map_err(|e| err("reading meta", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(at: i64, detail: &str) -> Op {
+        Op::Audit(AuditRow { at, sync: "s".into(), kind: "apply".into(), detail: detail.into(), ..AuditRow::default() })
+    }
+
+    fn temp_store(name: &str) -> (SqliteStore, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("tandem-state-{name}-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        (SqliteStore::open(&path).unwrap(), path)
+    }
+
+    #[test]
+    fn the_audit_chain_detects_changed_removed_and_inserted_rows_and_survives_retention() {
+        let (mut st, path) = temp_store("chain");
+        st.commit((1..=5).map(|i| row(i * 1000, &format!("change {i}"))).collect()).unwrap();
+        st.commit(vec![row(6000, "change 6")]).unwrap();
+        assert!(matches!(st.verify_audit().unwrap(), AuditVerdict::Intact { rows: 6, .. }));
+
+        // Retention removes the oldest rows; what is kept still verifies.
+        assert_eq!(st.prune_audit(2500).unwrap(), 2);
+        assert!(matches!(st.verify_audit().unwrap(), AuditVerdict::Intact { rows: 4, .. }));
+        st.commit(vec![row(7000, "change 7")]).unwrap();
+        assert!(matches!(st.verify_audit().unwrap(), AuditVerdict::Intact { rows: 5, .. }));
+        // Everything pruned, then a new row: chained to the anchor.
+        assert_eq!(st.prune_audit(i64::MAX).unwrap(), 5);
+        st.commit(vec![row(8000, "change 8")]).unwrap();
+        assert!(matches!(st.verify_audit().unwrap(), AuditVerdict::Intact { rows: 1, .. }));
+        st.commit((9..=12).map(|i| row(i * 1000, &format!("change {i}"))).collect()).unwrap();
+
+        let broken = |st: &mut SqliteStore| match st.verify_audit().unwrap() {
+            AuditVerdict::Broken { id, .. } => id,
+            v => panic!("tampering not detected: {v:?}"),
+        };
+        let ids: Vec<i64> = st.audit(None).unwrap().iter().map(|a| a.id).collect();
+        // A changed row.
+        st.conn.execute("UPDATE audit SET detail = 'forged' WHERE id = ?1", [ids[2]]).unwrap();
+        assert_eq!(broken(&mut st), ids[2]);
+        st.conn.execute("UPDATE audit SET detail = 'change 10' WHERE id = ?1", [ids[2]]).unwrap();
+        assert!(matches!(st.verify_audit().unwrap(), AuditVerdict::Intact { .. }));
+        // A removed row: the next one no longer follows its predecessor.
+        st.conn.execute("DELETE FROM audit WHERE id = ?1", [ids[1]]).unwrap();
+        assert_eq!(broken(&mut st), ids[2]);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn audit_queries_filter_by_key_time_and_rule() {
+        let (mut st, path) = temp_store("query");
+        let k = |i: i64| Some(Key::from_values(&[Value::Int(i)]));
+        st.commit(vec![
+            Op::Audit(AuditRow {
+                at: 1000,
+                sync: "s".into(),
+                kind: "apply".into(),
+                left_key: k(1),
+                right_key: k(10),
+                ..AuditRow::default()
+            }),
+            Op::Audit(AuditRow {
+                at: 2000,
+                sync: "s".into(),
+                kind: "decision".into(),
+                left_key: k(2),
+                right_key: k(20),
+                rule: Some("prefer:erp".into()),
+                ..AuditRow::default()
+            }),
+            Op::Audit(AuditRow {
+                at: 3000,
+                sync: "s".into(),
+                kind: "decision".into(),
+                left_key: k(1),
+                right_key: k(10),
+                rule: Some("latest".into()),
+                ..AuditRow::default()
+            }),
+        ])
+        .unwrap();
+        let q = |q: AuditQuery| st_query(&path, q);
+        fn st_query(path: &Path, q: AuditQuery) -> Vec<i64> {
+            SqliteStore::open(path)
+                .unwrap()
+                .audit_query(&AuditQuery { limit: if q.limit == 0 { 100 } else { q.limit }, ..q })
+                .unwrap()
+                .iter()
+                .map(|a| a.at)
+                .collect()
+        }
+        assert_eq!(q(AuditQuery { key: Some("10".into()), ..AuditQuery::default() }), vec![1000, 3000]);
+        assert_eq!(q(AuditQuery { key: Some("[2]".into()), ..AuditQuery::default() }), vec![2000]);
+        assert_eq!(q(AuditQuery { rule: Some("prefer".into()), ..AuditQuery::default() }), vec![2000]);
+        assert_eq!(q(AuditQuery { from: Some(1500), to: Some(3000), ..AuditQuery::default() }), vec![2000]);
+        assert_eq!(q(AuditQuery { kind: Some("decision".into()), limit: 1, ..AuditQuery::default() }), vec![3000]);
+        drop(st);
+        let _ = std::fs::remove_file(&path);
     }
 }

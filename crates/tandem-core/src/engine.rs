@@ -75,6 +75,11 @@ pub struct Report {
     pub dead_letters: u64,
     /// A capture stream had not caught up with its system yet.
     pub behind: bool,
+    /// Captured changes that needed no write (echoes of Tandem's own writes, or records that
+    /// already agreed), by source side.
+    pub echo: [u64; 2],
+    /// End-to-end latency (source commit → applied, ms) of each change applied, with its source side.
+    pub latencies: Vec<(Side, u64)>,
 }
 
 impl Report {
@@ -92,7 +97,9 @@ impl Report {
             self.updated[i] += o.updated[i];
             self.created[i] += o.created[i];
             self.deleted[i] += o.deleted[i];
+            self.echo[i] += o.echo[i];
         }
+        self.latencies.extend(o.latencies.iter().copied());
         self.processed += o.processed;
         self.matched += o.matched;
         self.decided += o.decided;
@@ -130,9 +137,46 @@ struct Group {
     link: Option<Link>,
     keys: [Option<Key>; 2],
     times: [i64; 2],
+    pos: [u64; 2],
     has_entry: [bool; 2],
     entries: Vec<(Side, Key)>,
     seq: i64,
+}
+
+/// The text that stands for a sensitive field's value in the audit trail and the admin API.
+pub const REDACTED: &str = "(sensitive: not kept)";
+
+/// Takes the values of sensitive fields out of an audit row: a decision on such a field keeps
+/// who won and by which rule, an applied change keeps which columns changed.
+pub fn redact(spec: &SyncSpec, a: &mut AuditRow) {
+    let sensitive: Vec<&crate::mapping::FieldMap> =
+        spec.fields.iter().filter(|f| spec.sensitive.contains(&f.name)).collect();
+    if sensitive.is_empty() {
+        return;
+    }
+    if a.field.as_ref().is_some_and(|f| spec.sensitive.contains(f)) {
+        for v in [&mut a.base, &mut a.left, &mut a.right] {
+            if v.is_some() {
+                *v = Some(Value::Text(REDACTED.into()));
+            }
+        }
+    }
+    if a.kind == "apply" {
+        if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str::<serde_json::Value>(&a.detail) {
+            let mut changed = false;
+            for f in &sensitive {
+                for c in f.left.iter().chain(&f.right) {
+                    if let Some(v) = m.get_mut(c) {
+                        *v = serde_json::json!([REDACTED, REDACTED]);
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                a.detail = serde_json::Value::Object(m).to_string();
+            }
+        }
+    }
 }
 
 /// Captured changes with the state changes that record them (inbox entries and cursors) and
@@ -216,7 +260,7 @@ impl<'a> Engine<'a> {
         let mut report = Report::default();
         if self.store.meta("", "epoch")?.is_none() {
             // Distinguishes this state file's intent ids from those of an earlier one.
-            self.store.commit(vec![Op::Meta {
+            self.commit(vec![Op::Meta {
                 sync: String::new(),
                 name: "epoch".into(),
                 value: Some((self.now)().to_string()),
@@ -261,7 +305,7 @@ impl<'a> Engine<'a> {
                     let mut ops =
                         vec![Op::Meta { sync: self.sync(), name: format!("reread:{side}"), value: Some("1".into()) }];
                     for link in self.store.links(&self.spec.name)? {
-                        ops.push(Op::Touch { sync: self.sync(), side, key: link.key(side).clone(), at: 0 });
+                        ops.push(Op::Touch { sync: self.sync(), side, key: link.key(side).clone(), at: 0, pos: 0 });
                     }
                     ops.push(Op::Audit(AuditRow {
                         kind: "resnapshot".into(),
@@ -273,14 +317,14 @@ impl<'a> Engine<'a> {
                         ),
                         ..self.audit_base()
                     }));
-                    self.store.commit(ops)?;
+                    self.commit(ops)?;
                 }
                 if state != CaptureState::Ready || lost.is_some() {
                     report.installed.push(self.conns[side.index()].install().map_err(&conn_err)?);
                 }
                 // Changes made before this point were not captured: load the whole entity.
                 let head = self.conns[side.index()].head().map_err(&conn_err)?;
-                self.store.commit(vec![
+                self.commit(vec![
                     Op::Cursor { sync: self.sync(), side, pos: head },
                     Op::Meta { sync: self.sync(), name: format!("init:{side}"), value: Some("1".into()) },
                     Op::Meta { sync: self.sync(), name: format!("snapshot:{side}"), value: Some(String::new()) },
@@ -345,7 +389,7 @@ impl<'a> Engine<'a> {
         for side in [Side::Left, Side::Right] {
             let other = side.other();
             if empty[other.index()] && !empty[side.index()] {
-                self.store.commit(vec![
+                self.commit(vec![
                     Op::Meta { sync: self.sync(), name: format!("bulk:{side}"), value: Some("1".into()) },
                     Op::Meta { sync: self.sync(), name: format!("snapshot:{other}"), value: None },
                     Op::Audit(AuditRow {
@@ -378,7 +422,7 @@ impl<'a> Engine<'a> {
                 // The batch never reached the target: forget its links and read the page again.
                 let mut ops = pending.drop_links(&self.spec.name);
                 ops.push(Op::Meta { sync: self.sync(), name: format!("bulk_pending:{side}"), value: None });
-                self.store.commit(ops)?;
+                self.commit(ops)?;
             }
         }
         let intents = self.store.intents(&self.spec.name)?;
@@ -402,12 +446,12 @@ impl<'a> Engine<'a> {
                 }));
                 ops.push(Op::PutLink { sync: self.sync(), link });
                 if intent.revisit {
-                    ops.push(Op::Touch { sync: self.sync(), side: target, key, at: 0 });
+                    ops.push(Op::Touch { sync: self.sync(), side: target, key, at: 0, pos: 0 });
                 }
                 confirmed[target.index()].push(intent.id);
             }
         }
-        self.store.commit(ops)?;
+        self.commit(ops)?;
         self.forget(confirmed)
     }
 
@@ -426,6 +470,18 @@ impl<'a> Engine<'a> {
             Side::Right => (other_key, source_key),
         };
         Link { left, right, base, tombstone: None, pending: Default::default() }
+    }
+
+    /// Commits state changes, keeping the values of sensitive fields out of the audit rows.
+    fn commit(&mut self, mut ops: Vec<Op>) -> Result<(), StoreError> {
+        if !self.spec.sensitive.is_empty() {
+            for op in &mut ops {
+                if let Op::Audit(a) = op {
+                    redact(self.spec, a);
+                }
+            }
+        }
+        self.store.commit(ops)
     }
 
     fn audit_base(&self) -> AuditRow {
@@ -455,12 +511,14 @@ impl<'a> Engine<'a> {
             return self.bulk_page(side, after, report);
         }
         let rows = self.conns[side.index()].scan(after.as_ref(), self.batch).map_err(self.conn_err(side))?;
-        let mut ops: Vec<Op> =
-            rows.iter().map(|(key, _)| Op::Touch { sync: self.sync(), side, key: key.clone(), at: 0 }).collect();
+        let mut ops: Vec<Op> = rows
+            .iter()
+            .map(|(key, _)| Op::Touch { sync: self.sync(), side, key: key.clone(), at: 0, pos: 0 })
+            .collect();
         let next = if rows.len() < self.batch { None } else { rows.last().map(|(k, _)| k.as_str().to_string()) };
         ops.push(Op::Meta { sync: self.sync(), name, value: next });
         report.loaded[side.index()] += rows.len() as u64;
-        self.store.commit(ops)?;
+        self.commit(ops)?;
         Ok(())
     }
 
@@ -499,13 +557,13 @@ impl<'a> Engine<'a> {
                     bases.push(base);
                 }
                 // The one-by-one path creates it, or records why it cannot.
-                _ => touches.push(Op::Touch { sync: self.sync(), side, key, at: 0 }),
+                _ => touches.push(Op::Touch { sync: self.sync(), side, key, at: 0, pos: 0 }),
             }
         }
         let id = format!("{}:{}:bulk:{side}:{}", self.spec.name, self.epoch()?, (self.now)());
         if inserts.is_empty() {
             touches.extend(self.bulk_done_ops(side, &next));
-            self.store.commit(touches)?;
+            self.commit(touches)?;
             return Ok(());
         }
         let n = inserts.len();
@@ -531,7 +589,7 @@ impl<'a> Engine<'a> {
             let mut left = Vec::with_capacity(keys.len());
             for ((source, target), base) in sources.iter().zip(keys).zip(bases) {
                 if one_way {
-                    ops.push(Op::Touch { sync: sync.clone(), side: other, key: target.clone(), at: 0 });
+                    ops.push(Op::Touch { sync: sync.clone(), side: other, key: target.clone(), at: 0, pos: 0 });
                 }
                 let (l, r) = match side {
                     Side::Left => (source.clone(), target.clone()),
@@ -562,7 +620,7 @@ impl<'a> Engine<'a> {
                 // are committed here.
                 let mut ops: Vec<Op> = first.take().unwrap_or_default();
                 ops.extend(pending.iter().flat_map(|p| p.drop_links(&self.spec.name)));
-                ops.extend(sources.into_iter().map(|key| Op::Touch { sync: self.sync(), side, key, at: 0 }));
+                ops.extend(sources.into_iter().map(|key| Op::Touch { sync: self.sync(), side, key, at: 0, pos: 0 }));
                 ops.extend(self.bulk_done_ops(side, &next));
                 ops.push(Op::Audit(AuditRow {
                     kind: "load".into(),
@@ -573,7 +631,7 @@ impl<'a> Engine<'a> {
                     ),
                     ..self.audit_base()
                 }));
-                self.store.commit(ops)?;
+                self.commit(ops)?;
                 Ok(())
             }
         }
@@ -609,7 +667,7 @@ impl<'a> Engine<'a> {
             ..self.audit_base()
         }));
         ops.push(Op::Meta { sync: self.sync(), name: "last_sync".into(), value: Some((self.now)().to_string()) });
-        self.store.commit(ops)?;
+        self.commit(ops)?;
         report.created[side.index()] += n as u64;
         let mut ids: [Vec<String>; 2] = [Vec::new(), Vec::new()];
         ids[other.index()].push(pending.id.clone());
@@ -633,8 +691,14 @@ impl<'a> Engine<'a> {
                 continue;
             }
             for t in &page.touched {
-                ops.push(Op::Touch { sync: self.sync(), side, key: t.key.clone(), at: t.at_ms });
-                entries.push(InboxEntry { seq: entries.len() as i64, side, key: t.key.clone(), at: t.at_ms });
+                ops.push(Op::Touch { sync: self.sync(), side, key: t.key.clone(), at: t.at_ms, pos: t.pos });
+                entries.push(InboxEntry {
+                    seq: entries.len() as i64,
+                    side,
+                    key: t.key.clone(),
+                    at: t.at_ms,
+                    pos: t.pos,
+                });
             }
             ops.push(Op::Cursor { sync: self.sync(), side, pos: page.next.max(cursor) });
             report.captured[side.index()] += page.touched.len() as u64;
@@ -656,7 +720,7 @@ impl<'a> Engine<'a> {
 
     /// Commits captured changes to the inbox with the cursors, then lets the sources forget them.
     fn commit_capture(&mut self, captured: Direct) -> Result<(), EngineError> {
-        self.store.commit(captured.ops)?;
+        self.commit(captured.ops)?;
         self.trim(captured.trims)
     }
 
@@ -689,6 +753,7 @@ impl<'a> Engine<'a> {
                         link,
                         keys,
                         times: [0, 0],
+                        pos: [0, 0],
                         has_entry: [false, false],
                         entries: Vec::new(),
                         seq: e.seq,
@@ -704,6 +769,7 @@ impl<'a> Engine<'a> {
             };
             let g = &mut groups[gi];
             g.times[e.side.index()] = g.times[e.side.index()].max(e.at);
+            g.pos[e.side.index()] = g.pos[e.side.index()].max(e.pos);
             g.has_entry[e.side.index()] = true;
             g.entries.push((e.side, e.key));
         }
@@ -768,7 +834,7 @@ impl<'a> Engine<'a> {
             }
         }
         if !first.is_empty() {
-            self.store.commit(first)?;
+            self.commit(first)?;
         }
 
         let mut results: Vec<Vec<Result<Key, RowError>>> = plans.iter().map(|_| Vec::new()).collect();
@@ -803,7 +869,7 @@ impl<'a> Engine<'a> {
         let now = (self.now)();
         let dead: HashSet<(Side, Key)> =
             self.store.dead_letters(Some(&self.spec.name))?.into_iter().map(|d| (d.side, d.key)).collect();
-        for (plan, res) in plans.into_iter().zip(results) {
+        for ((plan, res), g) in plans.into_iter().zip(results).zip(&groups) {
             report.dead_letters += plan.ops_always.iter().filter(|op| matches!(op, Op::DeadLetter(_))).count() as u64;
             ops.extend(plan.ops_always);
             if res.iter().any(|r| r.as_ref().is_err_and(|e| e.stale)) {
@@ -827,6 +893,18 @@ impl<'a> Engine<'a> {
                     ops.push(Op::DropIntent { sync: self.sync(), id: intent.id });
                 }
                 continue;
+            }
+            let r = &plan.report;
+            for side in [Side::Left, Side::Right] {
+                let i = side.index();
+                if !g.has_entry[i] || g.times[i] <= 0 {
+                    continue; // not a captured change (initial load, a revisit)
+                }
+                if r.updated[i] + r.created[i] + r.deleted[i] > 0 {
+                    report.latencies.push((side, now.saturating_sub(g.times[i]).max(0) as u64));
+                } else if r.updated[1 - i] + r.created[1 - i] + r.deleted[1 - i] == 0 && r.decided + r.held == 0 {
+                    report.echo[i] += 1;
+                }
             }
             report.add(&plan.report);
             ops.extend(plan.ops_ok);
@@ -852,7 +930,7 @@ impl<'a> Engine<'a> {
                 ops.push(Op::PutLink { sync: self.sync(), link });
                 ops.push(Op::DropIntent { sync: self.sync(), id: intent.id.clone() });
                 if intent.revisit {
-                    ops.push(Op::Touch { sync: self.sync(), side: target, key: new_key, at: 0 });
+                    ops.push(Op::Touch { sync: self.sync(), side: target, key: new_key, at: 0, pos: 0 });
                 }
                 confirmed[target.index()].push(intent.id);
             }
@@ -865,7 +943,7 @@ impl<'a> Engine<'a> {
             }
             None => Vec::new(),
         };
-        self.store.commit(ops)?;
+        self.commit(ops)?;
         self.trim(trims)?;
         self.forget(confirmed)
     }
@@ -940,6 +1018,7 @@ impl<'a> Engine<'a> {
                         side: dead,
                         key: link.key(dead).clone(),
                         at: g.times[dead.index()],
+                        pos: g.pos[dead.index()],
                     });
                 } else if row_of(dead.other()).is_none() {
                     plan.ops_ok.push(Op::DropLink { sync: self.sync(), left: link.left.clone() });
@@ -1281,12 +1360,14 @@ impl<'a> Engine<'a> {
                     values.keys().map(|c| (c.clone(), rows[s].get(c).cloned().unwrap_or(Value::Null))).collect();
                 plan.writes.push((side, Write::Update { key: link.key(side).clone(), values, expect }));
                 plan.report.updated[side.other().index()] += 1;
+                let from = side.other();
                 plan.ops_ok.push(Op::Audit(AuditRow {
                     kind: "apply".into(),
-                    source: Some(side.other()),
+                    source: Some(from),
                     left_key: Some(link.left.clone()),
                     right_key: Some(link.right.clone()),
                     detail: serde_json::Value::Object(detail).to_string(),
+                    position: (g.pos[from.index()] > 0).then_some(g.pos[from.index()]),
                     ..self.audit_base()
                 }));
             }
@@ -1431,7 +1512,7 @@ impl<'a> Engine<'a> {
         }
         let mut base = link.base.clone();
         base.insert(field.name.clone(), value.clone());
-        self.store.commit(vec![
+        self.commit(vec![
             Op::PutLink { sync: self.sync(), link: Link { base, pending: Default::default(), ..link.clone() } },
             Op::CloseConflict { id, resolution: label.clone() },
             Op::Audit(AuditRow {
@@ -1459,7 +1540,7 @@ pub fn retry_dead_letters(store: &mut dyn StateStore, sync: Option<&str>, ids: &
         if ids.is_empty() || ids.contains(&d.id) {
             ops.push(Op::ClearDeadLetter { sync: d.sync.clone(), side: d.side, key: d.key.clone() });
             // Time 0: a retried record is old news and must not beat newer edits under `latest`.
-            ops.push(Op::Touch { sync: d.sync, side: d.side, key: d.key, at: 0 });
+            ops.push(Op::Touch { sync: d.sync, side: d.side, key: d.key, at: 0, pos: 0 });
         }
     }
     let n = ops.len() / 2;

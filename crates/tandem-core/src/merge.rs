@@ -169,6 +169,7 @@ mod tests {
             filters: [None, None],
             defaults: [Row::new(), Row::new()],
             on_position_lost: OnPositionLost::Fail,
+            sensitive: Vec::new(),
         }
     }
 

@@ -227,6 +227,8 @@ pub struct SyncSpec {
     pub defaults: [Row; 2],
     /// What to do when a capture position is gone.
     pub on_position_lost: OnPositionLost,
+    /// Fields whose values are kept out of the audit trail and the admin API.
+    pub sensitive: Vec<String>,
 }
 
 impl SyncSpec {

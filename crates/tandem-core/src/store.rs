@@ -18,6 +18,8 @@ pub struct InboxEntry {
     pub key: Key,
     /// Latest commit time seen for it (0 for initial-load rows).
     pub at: i64,
+    /// Latest position in the side's change stream seen for it (0 for initial-load rows).
+    pub pos: u64,
 }
 
 /// One row of the identity map.
@@ -140,6 +142,8 @@ pub struct AuditRow {
     pub rule: Option<String>,
     /// Free detail (for `apply`: field → [before, after] as JSON).
     pub detail: String,
+    /// The source's change-stream position of the change, when it came from one.
+    pub position: Option<u64>,
 }
 
 /// One change to state; see [`StateStore::commit`].
@@ -148,7 +152,7 @@ pub enum Op {
     /// Move a side's capture position.
     Cursor { sync: String, side: Side, pos: u64 },
     /// Add a record to the inbox (or raise its time when it is there).
-    Touch { sync: String, side: Side, key: Key, at: i64 },
+    Touch { sync: String, side: Side, key: Key, at: i64, pos: u64 },
     /// Remove a record from the inbox.
     Untouch { sync: String, side: Side, key: Key },
     /// Insert or replace the link with this left or right key.
@@ -237,7 +241,7 @@ pub trait StateStore {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     cursors: BTreeMap<(String, Side), u64>,
-    inbox: BTreeMap<(String, Side, Key), (i64, i64)>,
+    inbox: BTreeMap<(String, Side, Key), (i64, i64, u64)>,
     links: BTreeMap<(String, Key), Link>,
     intents: BTreeMap<(String, String), Intent>,
     conflicts: Vec<Conflict>,
@@ -255,11 +259,12 @@ impl MemoryStore {
             Op::Cursor { sync, side, pos } => {
                 self.cursors.insert((sync, side), pos);
             }
-            Op::Touch { sync, side, key, at } => {
+            Op::Touch { sync, side, key, at, pos } => {
                 self.seq += 1;
                 let seq = self.seq;
-                let e = self.inbox.entry((sync, side, key)).or_insert((seq, at));
+                let e = self.inbox.entry((sync, side, key)).or_insert((seq, at, pos));
                 e.1 = e.1.max(at);
+                e.2 = e.2.max(pos);
             }
             Op::Untouch { sync, side, key } => {
                 self.inbox.remove(&(sync, side, key));
@@ -337,7 +342,13 @@ impl StateStore for MemoryStore {
             .inbox
             .iter()
             .filter(|((s, _, _), _)| s == sync)
-            .map(|((_, side, key), (seq, at))| InboxEntry { seq: *seq, side: *side, key: key.clone(), at: *at })
+            .map(|((_, side, key), (seq, at, pos))| InboxEntry {
+                seq: *seq,
+                side: *side,
+                key: key.clone(),
+                at: *at,
+                pos: *pos,
+            })
             .collect();
         v.sort_by_key(|e| e.seq);
         v.truncate(limit);
@@ -349,7 +360,7 @@ impl StateStore for MemoryStore {
     }
 
     fn inbox_at(&mut self, sync: &str, side: Side, key: &Key) -> Result<Option<i64>, StoreError> {
-        Ok(self.inbox.get(&(sync.to_string(), side, key.clone())).map(|(_, at)| *at))
+        Ok(self.inbox.get(&(sync.to_string(), side, key.clone())).map(|(_, at, _)| *at))
     }
 
     fn link(&mut self, sync: &str, side: Side, key: &Key) -> Result<Option<Link>, StoreError> {

@@ -33,6 +33,7 @@ fn spec() -> SyncSpec {
         filters: [None, None],
         defaults: [Row::new(), Row::new()],
         on_position_lost: OnPositionLost::Fail,
+        sensitive: Vec::new(),
     }
 }
 

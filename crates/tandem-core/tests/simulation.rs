@@ -50,6 +50,7 @@ fn spec(rule: ConflictRule, mapped_keys: bool) -> SyncSpec {
         filters: [None, None],
         defaults: [Row::new(), Row::new()],
         on_position_lost: OnPositionLost::Fail,
+        sensitive: Vec::new(),
     }
 }
 

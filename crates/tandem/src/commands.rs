@@ -11,10 +11,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_connectors::state::SqliteStore;
+use tandem_connectors::state::{AuditQuery, AuditVerdict, SqliteStore};
 use tandem_core::connector::CaptureState;
 use tandem_core::engine::{retry_dead_letters, Report, Resolution};
 use tandem_core::mapping::Side;
+use tandem_core::store::AuditRow;
 use tandem_core::store::StateStore;
 
 fn load(path: &Path) -> Result<Config, CliError> {
@@ -28,6 +29,7 @@ pub fn sync_until(runner: &mut Runner, once: bool, stop: &AtomicBool) -> Result<
     let terminal = std::io::stderr().is_terminal();
     let mut bars: Vec<Option<ProgressBar>> = vec![None; runner.cfg.syncs.len()];
     loop {
+        runner.prune_audit();
         let (reports, failures) = runner.cycle();
         let mut busy = false;
         for (i, r) in reports.iter().enumerate() {
@@ -311,51 +313,149 @@ pub fn dead_letters(path: &Path, retry: &[i64], retry_all: bool) -> Result<(), C
     Ok(())
 }
 
+/// What `tandem audit` shows.
+pub struct AuditArgs {
+    /// One record, by a key on either side.
+    pub key: Option<String>,
+    /// With `key`: what set this field.
+    pub field: Option<String>,
+    /// One sync.
+    pub sync: Option<String>,
+    /// From this time.
+    pub from: Option<String>,
+    /// Until this time.
+    pub to: Option<String>,
+    /// One rule's decisions.
+    pub rule: Option<String>,
+    /// One kind of row.
+    pub kind: Option<String>,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// Whether an audit row is about `field` (a decision on it, or an applied change to one of its
+/// columns), or about the record as a whole (created, linked, deleted, restored).
+fn touches_field(cfg: &Config, a: &AuditRow, field: &str) -> bool {
+    if a.field.is_some() {
+        return a.field.as_deref() == Some(field);
+    }
+    match a.kind.as_str() {
+        "apply" => {
+            let Some(f) =
+                cfg.syncs.iter().find(|s| s.name == a.sync).and_then(|s| s.fields.iter().find(|f| f.name == field))
+            else {
+                return false;
+            };
+            let detail: serde_json::Value = serde_json::from_str(&a.detail).unwrap_or_default();
+            f.left.iter().chain(&f.right).any(|c| detail.get(c).is_some())
+        }
+        "create" | "link" | "delete" | "restore" => true,
+        _ => false,
+    }
+}
+
+/// One audit row as a line for people.
+pub fn audit_line(cfg: &Config, a: &AuditRow) -> String {
+    let spec = cfg.syncs.iter().find(|s| s.name == a.sync);
+    let sys = |s: Side| spec.map(|x| x.system(s).to_string()).unwrap_or_else(|| s.to_string());
+    let mut line = format!("#{} {} [{}] {}", a.id, format::time(a.at), a.sync, a.kind);
+    if let (Some(src), "apply" | "create" | "delete") = (a.source, a.kind.as_str()) {
+        line.push_str(&format!(" ({} → {})", sys(src), sys(src.other())));
+    }
+    if let (Some(l), Some(r)) = (&a.left_key, &a.right_key) {
+        line.push_str(&format!(" {} {l} ⇄ {} {r}", sys(Side::Left), sys(Side::Right)));
+    } else if let Some(l) = &a.left_key {
+        line.push_str(&format!(" {} {l}", sys(Side::Left)));
+    } else if let Some(r) = &a.right_key {
+        line.push_str(&format!(" {} {r}", sys(Side::Right)));
+    }
+    if let Some(f) = &a.field {
+        let mut parts = Vec::new();
+        if let Some(b) = &a.base {
+            parts.push(format!("base {}", format::value(b)));
+        }
+        if let Some(l) = &a.left {
+            parts.push(format!("{} {}", sys(Side::Left), format::value(l)));
+        }
+        if let Some(r) = &a.right {
+            parts.push(format!("{} {}", sys(Side::Right), format::value(r)));
+        }
+        line.push_str(&format!(" field {f}: {}", parts.join(", ")));
+    }
+    if let Some(rule) = &a.rule {
+        line.push_str(&format!(" rule {rule}"));
+    }
+    if let Some(p) = a.position {
+        line.push_str(&format!(" at source position {p}"));
+    }
+    if !a.detail.is_empty() {
+        line.push_str(&format!(" — {}", a.detail));
+    }
+    line
+}
+
 /// `tandem audit`.
-pub fn audit(path: &Path, key: Option<&str>, sync: Option<&str>, limit: usize) -> Result<(), CliError> {
+pub fn audit(path: &Path, args: &AuditArgs) -> Result<(), CliError> {
     let cfg = load(path)?;
     let mut store = SqliteStore::open_existing(&cfg.state)?;
-    let rows = match key {
-        Some(k) => store.audit_of(sync, k)?,
-        None => store.audit(sync)?,
+    let now = crate::runner::now_ms();
+    let time = |t: &Option<String>, what: &str| -> Result<Option<i64>, CliError> {
+        t.as_deref()
+            .map(|t| format::parse_time(t, now).map_err(|e| CliError::Usage(format!("--{what}: {e}"))))
+            .transpose()
     };
-    let skip = rows.len().saturating_sub(limit);
-    for a in rows.into_iter().skip(skip) {
-        let spec = cfg.syncs.iter().find(|s| s.name == a.sync);
-        let sys = |s: Side| spec.map(|x| x.system(s).to_string()).unwrap_or_else(|| s.to_string());
-        let mut line = format!("#{} {} [{}] {}", a.id, format::time(a.at), a.sync, a.kind);
-        if let (Some(src), "apply" | "create" | "delete") = (a.source, a.kind.as_str()) {
-            line.push_str(&format!(" ({} → {})", sys(src), sys(src.other())));
+    let query = AuditQuery {
+        sync: args.sync.clone(),
+        key: args.key.clone(),
+        from: time(&args.from, "from")?,
+        to: time(&args.to, "to")?,
+        rule: args.rule.clone(),
+        kind: args.kind.clone(),
+        limit: if args.field.is_some() { usize::MAX } else { args.limit },
+    };
+    if let Some(field) = &args.field {
+        if !cfg.syncs.iter().any(|s| s.fields.iter().any(|f| &f.name == field)) {
+            return Err(CliError::Usage(format!(
+                "no sync maps a field named `{field}`; fields are named by their `name`, or their left column"
+            )));
         }
-        if let (Some(l), Some(r)) = (&a.left_key, &a.right_key) {
-            line.push_str(&format!(" {} {l} ⇄ {} {r}", sys(Side::Left), sys(Side::Right)));
-        } else if let Some(l) = &a.left_key {
-            line.push_str(&format!(" {} {l}", sys(Side::Left)));
-        } else if let Some(r) = &a.right_key {
-            line.push_str(&format!(" {} {r}", sys(Side::Right)));
+    }
+    let mut rows = store.audit_query(&query)?;
+    if let Some(field) = &args.field {
+        rows.retain(|a| touches_field(&cfg, a, field));
+        let skip = rows.len().saturating_sub(args.limit);
+        rows.drain(..skip);
+    }
+    for a in &rows {
+        println!("{}", audit_line(&cfg, a));
+    }
+    if let (Some(field), Some(key)) = (&args.field, &args.key) {
+        match rows.iter().rev().find(|a| a.kind != "link") {
+            Some(last) => println!(
+                "why: `{field}` of record {key} has its value from #{} ({}), the latest row above",
+                last.id, last.kind
+            ),
+            None => println!(
+                "why: nothing in the audit trail changed `{field}` of record {key}: it is as the initial load found it"
+            ),
         }
-        if let Some(f) = &a.field {
-            let mut parts = Vec::new();
-            if let Some(b) = &a.base {
-                parts.push(format!("base {}", format::value(b)));
-            }
-            if let Some(l) = &a.left {
-                parts.push(format!("{} {}", sys(Side::Left), format::value(l)));
-            }
-            if let Some(r) = &a.right {
-                parts.push(format!("{} {}", sys(Side::Right), format::value(r)));
-            }
-            line.push_str(&format!(" field {f}: {}", parts.join(", ")));
-        }
-        if let Some(rule) = &a.rule {
-            line.push_str(&format!(" rule {rule}"));
-        }
-        if !a.detail.is_empty() {
-            line.push_str(&format!(" — {}", a.detail));
-        }
-        println!("{line}");
     }
     Ok(())
+}
+
+/// `tandem audit verify`.
+pub fn audit_verify(path: &Path) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    let mut store = SqliteStore::open_existing(&cfg.state)?;
+    match store.verify_audit()? {
+        AuditVerdict::Intact { rows, head } => {
+            println!("audit trail intact: {rows} rows chained, head hash {head}");
+            Ok(())
+        }
+        AuditVerdict::Broken { id, why, checked } => Err(CliError::Usage(format!(
+            "audit trail tampered with: row #{id} fails ({why}); {checked} rows before it are intact"
+        ))),
+    }
 }
 
 /// `tandem uninstall`.

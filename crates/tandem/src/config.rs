@@ -83,6 +83,42 @@ pub struct Config {
     pub systems: BTreeMap<String, System>,
     /// The syncs.
     pub syncs: Vec<SyncSpec>,
+    /// The admin HTTP server, when `[admin]` is configured.
+    pub admin: Option<Admin>,
+    /// How long audit rows are kept (forever when `None`).
+    pub audit_retention: Option<Duration>,
+}
+
+/// The admin server's settings.
+#[derive(Clone)]
+pub struct Admin {
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+    /// The bearer token every endpoint but `/health` requires (from the environment).
+    pub token: Option<Secret>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin").field("listen", &self.listen).field("token", &self.token).finish()
+    }
+}
+
+/// A secret from the environment: never printed, compared in constant time.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(secret)")
+    }
 }
 
 /// Whether a URL carries a password written out instead of an `${ENV_VAR}` reference.
@@ -107,6 +143,19 @@ struct RawConfig {
     systems: BTreeMap<String, Spanned<RawSystem>>,
     #[serde(default)]
     sync: Vec<RawSync>,
+    admin: Option<Spanned<RawAdmin>>,
+    audit: Option<Spanned<RawAudit>>,
+}
+
+#[derive(Deserialize)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawAudit {
+    retention_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +204,8 @@ struct RawField {
     transform: Option<Spanned<toml::Value>>,
     only_from: Option<Spanned<String>>,
     conflict: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    sensitive: bool,
 }
 
 #[derive(Deserialize)]
@@ -602,6 +653,7 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
         });
 
         let mut fields = Vec::new();
+        let mut sensitive = Vec::new();
         let mut field_rules = Vec::new();
         for rf in &rs.fields {
             let left = rf.left.get_ref().list();
@@ -737,6 +789,9 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
                     "map each column once, or give the fields distinct `name`s",
                 );
             }
+            if rf.sensitive {
+                sensitive.push(fname.clone());
+            }
             fields.push(FieldMap { name: fname, left, right, transform, flow });
         }
         if fields.is_empty() {
@@ -758,10 +813,84 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
             filters,
             defaults,
             on_position_lost,
+            sensitive,
         });
     }
-    let cfg = Config { file: file.to_path_buf(), state, batch_size, poll_interval, systems, syncs };
+    let admin = raw.admin.as_ref().and_then(|a| parse_admin(&mut ctx, a));
+    let audit_retention = match raw.audit.as_ref().and_then(|a| a.get_ref().retention_days.as_ref()) {
+        Some(d) if *d.get_ref() < 1 => {
+            ctx.at(
+                d.span(),
+                format!("audit retention_days {} is out of range", d.get_ref()),
+                "use a number of days from 1 up, or leave it out to keep the audit trail forever",
+            );
+            None
+        }
+        Some(d) => Some(Duration::from_secs(*d.get_ref() as u64 * 86_400)),
+        None => None,
+    };
+    let cfg =
+        Config { file: file.to_path_buf(), state, batch_size, poll_interval, systems, syncs, admin, audit_retention };
     Ok((cfg, ctx.problems))
+}
+
+/// The `[admin]` table: a listen address (127.0.0.1:7420 by default) and a token that must be
+/// an `${ENV}` reference; a non-loopback address without a token is refused.
+fn parse_admin(ctx: &mut Ctx<'_>, a: &Spanned<RawAdmin>) -> Option<Admin> {
+    let raw = a.get_ref();
+    let listen = match &raw.listen {
+        Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                ctx.at(
+                    l.span(),
+                    format!("admin listen `{}` is not an address with a port", l.get_ref()),
+                    "write it as IP:PORT, e.g. listen = \"127.0.0.1:7420\"",
+                );
+                return None;
+            }
+        },
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], 7420)),
+    };
+    let token = match &raw.token {
+        Some(t) => {
+            let text = t.get_ref();
+            let reference = text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1;
+            if !reference {
+                ctx.at(
+                    t.span(),
+                    "the admin token is written out; secrets never go in config files",
+                    "write it as an environment reference: token = \"${TANDEM_ADMIN_TOKEN}\"",
+                );
+                return None;
+            }
+            match expand_env(text) {
+                Ok(v) if v.len() >= 16 => Some(Secret(v)),
+                Ok(_) => {
+                    ctx.at(
+                        t.span(),
+                        format!("the admin token in {text} is shorter than 16 characters"),
+                        "use a long random token, e.g. `openssl rand -hex 24`",
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    ctx.at(t.span(), format!("admin token: {e}"), "set the variable before running tandem");
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
+    if token.is_none() && !listen.ip().is_loopback() {
+        ctx.at(
+            a.span(),
+            format!("the admin server would listen on {listen}, off this machine, without a token"),
+            "add token = \"${TANDEM_ADMIN_TOKEN}\", or listen on 127.0.0.1",
+        );
+        return None;
+    }
+    Some(Admin { listen, token })
 }
 
 fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {

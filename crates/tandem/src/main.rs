@@ -83,22 +83,49 @@ enum Command {
         #[arg(long, conflicts_with = "retry")]
         retry_all: bool,
     },
-    /// Show the audit trail (of one record with --key).
+    /// Show the audit trail: of one record with --key (and why a field has its value with
+    /// --field), by time, rule or kind; `audit verify` checks its hash chain.
     Audit {
         #[arg(short, long, default_value = "tandem.toml")]
         config: PathBuf,
         /// A record's key on either side (`7` or `[7]`).
         #[arg(long)]
         key: Option<String>,
+        /// With --key: only what set this field, ending with why it has its value.
+        #[arg(long, requires = "key")]
+        field: Option<String>,
         /// Only this sync.
         #[arg(long)]
         sync: Option<String>,
+        /// From this time: 2026-11-26, 2026-11-26T14:30:00Z (UTC), or back from now: 15m, 2h, 7d.
+        #[arg(long)]
+        from: Option<String>,
+        /// Until this time (same forms as --from).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only decisions by this rule (latest, prefer, hold, merge_lines, match_on, operator).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only rows of this kind (apply, create, delete, decision, conflict, resolve, dead_letter, …).
+        #[arg(long)]
+        kind: Option<String>,
         /// Show at most this many rows (the latest).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(subcommand)]
+        action: Option<AuditAction>,
     },
     /// Remove Tandem's change capture (triggers and change-log tables) from the systems.
     Uninstall {
+        #[arg(short, long, default_value = "tandem.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the audit trail's hash chain: every row unchanged, none removed or inserted.
+    Verify {
         #[arg(short, long, default_value = "tandem.toml")]
         config: PathBuf,
     },
@@ -151,7 +178,11 @@ fn main() {
             }
         }
         Command::DeadLetters { config, retry, retry_all } => commands::dead_letters(&config, &retry, retry_all),
-        Command::Audit { config, key, sync, limit } => commands::audit(&config, key.as_deref(), sync.as_deref(), limit),
+        Command::Audit { action: Some(AuditAction::Verify { config }), .. } => commands::audit_verify(&config),
+        Command::Audit { config, key, field, sync, from, to, rule, kind, limit, action: None } => {
+            let args = commands::AuditArgs { key, field, sync, from, to, rule, kind, limit };
+            commands::audit(&config, &args)
+        }
         Command::Uninstall { config } => commands::uninstall(&config),
     };
     if let Err(e) = result {

@@ -32,6 +32,7 @@ pub struct Runner {
     pub store: SqliteStore,
     tables: Vec<Option<[Box<dyn Connector>; 2]>>,
     health: Vec<Health>,
+    pruned: Option<Instant>,
 }
 
 /// A sync that failed in a cycle.
@@ -56,7 +57,22 @@ impl Runner {
             store,
             tables: (0..n).map(|_| None).collect(),
             health: (0..n).map(|_| Health { started: false, failures: 0, next_try: Instant::now() }).collect(),
+            pruned: None,
         })
+    }
+
+    /// Removes audit rows past the configured retention, at start and then hourly.
+    pub fn prune_audit(&mut self) {
+        let Some(keep) = self.cfg.audit_retention else { return };
+        if self.pruned.is_some_and(|t| t.elapsed() < Duration::from_secs(3600)) {
+            return;
+        }
+        self.pruned = Some(Instant::now());
+        match self.store.prune_audit(now_ms() - keep.as_millis() as i64) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "audit rows past their retention removed"),
+            Err(e) => tracing::error!(error = %e, "removing audit rows past their retention failed"),
+        }
     }
 
     fn open_tables(cfg: &Config, i: usize) -> Result<[Box<dyn Connector>; 2], EngineError> {

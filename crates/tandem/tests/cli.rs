@@ -182,7 +182,9 @@ fn bad_rows_go_to_dead_letters_and_the_rest_keeps_syncing() {
     assert_eq!(rows(&b, "SELECT mail FROM clients"), vec![vec!["ok@x"]]);
     let list = text(&tandem(&["dead-letters", "-c", c]));
     assert!(list.contains("NOT NULL constraint failed: clients.first") && list.contains("field first"), "{list}");
-    assert!(list.contains("\"platinum\" is not in the value map") && list.contains("field tier"), "{list}");
+    assert!(list.contains("is not in the value map") && list.contains("field tier"), "{list}");
+    // The reason never carries the row's value: it reaches logs and the admin API.
+    assert!(!list.contains("platinum"), "{list}");
     // Fix the data: the corrected row syncs by itself.
     a.execute("UPDATE people SET name = 'No Longer Nameless' WHERE email = 'noname@x'", []).unwrap();
     // Fix the config: add the missing value, then ask for a retry.
