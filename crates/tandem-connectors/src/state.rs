@@ -191,6 +191,17 @@ impl SqliteStore {
         Ok(n as u64)
     }
 
+    /// The oldest change time of a side's records waiting in the inbox (captured changes only).
+    pub fn inbox_oldest(&mut self, sync: &str, s: Side) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT min(at) FROM inbox WHERE sync = ?1 AND side = ?2 AND at > 0",
+                params![sync, s.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| err("reading inbox", e))
+    }
+
     /// Audit rows matching a query, oldest first, at most `limit` (the latest ones).
     pub fn audit_query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
         let mut sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE 1 = 1");

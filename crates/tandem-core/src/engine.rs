@@ -80,6 +80,10 @@ pub struct Report {
     pub echo: [u64; 2],
     /// End-to-end latency (source commit → applied, ms) of each change applied, with its source side.
     pub latencies: Vec<(Side, u64)>,
+    /// Records sent to dead letters, by source side.
+    pub failed: [u64; 2],
+    /// Conflicts decided or held, by rule label (`latest`, `prefer:erp`, `hold`, …).
+    pub rules: std::collections::BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -98,6 +102,10 @@ impl Report {
             self.created[i] += o.created[i];
             self.deleted[i] += o.deleted[i];
             self.echo[i] += o.echo[i];
+            self.failed[i] += o.failed[i];
+        }
+        for (rule, n) in &o.rules {
+            *self.rules.entry(rule.clone()).or_default() += n;
         }
         self.latencies.extend(o.latencies.iter().copied());
         self.processed += o.processed;
@@ -833,8 +841,18 @@ impl<'a> Engine<'a> {
                 first.push(Op::PutIntent { sync: self.sync(), intent: intent.clone() });
             }
         }
+        let decided: Vec<String> = first
+            .iter()
+            .filter_map(|op| match op {
+                Op::Audit(a) if a.kind == "decision" => a.rule.clone(),
+                _ => None,
+            })
+            .collect();
         if !first.is_empty() {
             self.commit(first)?;
+        }
+        for rule in decided {
+            *report.rules.entry(rule).or_default() += 1;
         }
 
         let mut results: Vec<Vec<Result<Key, RowError>>> = plans.iter().map(|_| Vec::new()).collect();
@@ -870,7 +888,12 @@ impl<'a> Engine<'a> {
         let dead: HashSet<(Side, Key)> =
             self.store.dead_letters(Some(&self.spec.name))?.into_iter().map(|d| (d.side, d.key)).collect();
         for ((plan, res), g) in plans.into_iter().zip(results).zip(&groups) {
-            report.dead_letters += plan.ops_always.iter().filter(|op| matches!(op, Op::DeadLetter(_))).count() as u64;
+            for op in &plan.ops_always {
+                if let Op::DeadLetter(d) = op {
+                    report.dead_letters += 1;
+                    report.failed[d.side.index()] += 1;
+                }
+            }
             ops.extend(plan.ops_always);
             if res.iter().any(|r| r.as_ref().is_err_and(|e| e.stale)) {
                 // A user wrote the record meanwhile; that write is captured and the record is
@@ -880,6 +903,7 @@ impl<'a> Engine<'a> {
             if let Some(err) = res.iter().find_map(|r| r.as_ref().err()) {
                 if let Some((side, key)) = plan.source {
                     report.dead_letters += 1;
+                    report.failed[side.index()] += 1;
                     ops.extend(self.dead_letter(
                         side,
                         &key,
@@ -904,6 +928,13 @@ impl<'a> Engine<'a> {
                     report.latencies.push((side, now.saturating_sub(g.times[i]).max(0) as u64));
                 } else if r.updated[1 - i] + r.created[1 - i] + r.deleted[1 - i] == 0 && r.decided + r.held == 0 {
                     report.echo[i] += 1;
+                }
+            }
+            for op in &plan.ops_ok {
+                if let Op::Audit(a) = op {
+                    if a.kind == "conflict" {
+                        *report.rules.entry(a.rule.clone().unwrap_or_else(|| "hold".into())).or_default() += 1;
+                    }
                 }
             }
             report.add(&plan.report);

@@ -23,16 +23,26 @@ fn load(path: &Path) -> Result<Config, CliError> {
 }
 
 /// Runs the syncs until stopped (or caught up with `once`); returns the totals per sync.
-pub fn sync_until(runner: &mut Runner, once: bool, stop: &AtomicBool) -> Result<Vec<Report>, CliError> {
+pub fn sync_until(
+    runner: &mut Runner,
+    once: bool,
+    stop: &AtomicBool,
+    admin: Option<&crate::admin::Admin>,
+) -> Result<Vec<Report>, CliError> {
     let mut totals = vec![Report::default(); runner.cfg.syncs.len()];
     let deadline_failures = 8;
     let terminal = std::io::stderr().is_terminal();
     let mut bars: Vec<Option<ProgressBar>> = vec![None; runner.cfg.syncs.len()];
+    let mut published: Option<Instant> = None;
     loop {
         runner.prune_audit();
-        let (reports, failures) = runner.cycle();
+        let (mut reports, failures) = runner.cycle();
         let mut busy = false;
-        for (i, r) in reports.iter().enumerate() {
+        for (i, r) in reports.iter_mut().enumerate() {
+            record_metrics(runner, i, r, admin);
+            // Latencies went to the metrics and the history; the totals only count.
+            r.latencies.clear();
+            let r = &*r;
             let loaded = r.loaded[0] + r.loaded[1];
             if terminal && loaded > 0 {
                 // Initial load on a terminal: a bar with rows/s and ETA (log lines otherwise).
@@ -80,14 +90,133 @@ pub fn sync_until(runner: &mut Runner, once: bool, stop: &AtomicBool) -> Result<
         if stop.load(Ordering::SeqCst) || (once && !busy && failures.is_empty()) {
             return Ok(totals);
         }
+        if let Some(a) = admin {
+            if published.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                match runner.views() {
+                    Ok(views) => a.shared.publish(views, runner.ready()),
+                    Err(e) => tracing::error!(error = %e, "reading state for the admin server failed"),
+                }
+                published = Some(Instant::now());
+            }
+            while let Ok(req) = a.requests.try_recv() {
+                serve(runner, req);
+                published = None;
+            }
+        }
         if !busy {
             let until = Instant::now()
                 + if failures.is_empty() { runner.cfg.poll_interval } else { Duration::from_millis(100) };
             while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20));
+                match admin {
+                    Some(a) => {
+                        if let Ok(req) = a.requests.recv_timeout(Duration::from_millis(20)) {
+                            serve(runner, req);
+                            break; // publish what changed now
+                        }
+                    }
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
             }
         }
     }
+}
+
+/// Records one cycle's report of sync `i` in the metrics and the admin server's history.
+fn record_metrics(runner: &Runner, i: usize, r: &Report, admin: Option<&crate::admin::Admin>) {
+    let spec = &runner.cfg.syncs[i];
+    let sync = spec.name.clone();
+    for side in [Side::Left, Side::Right] {
+        let s = side.index();
+        let direction = format!("{}->{}", spec.system(side), spec.system(side.other()));
+        let labels = [("sync", sync.clone()), ("direction", direction)];
+        metrics::counter!("tandem_changes_captured_total", &labels).increment(r.captured[s]);
+        metrics::counter!("tandem_changes_applied_total", &labels)
+            .increment(r.created[s] + r.updated[s] + r.deleted[s]);
+        metrics::counter!("tandem_changes_echo_total", &labels).increment(r.echo[s]);
+        metrics::counter!("tandem_changes_failed_total", &labels).increment(r.failed[s]);
+        metrics::counter!("tandem_dead_letters_total", &labels).increment(r.failed[s]);
+        let latency = metrics::histogram!("tandem_sync_latency_seconds", &labels);
+        for (_, ms) in r.latencies.iter().filter(|(from, _)| *from == side) {
+            latency.record(*ms as f64 / 1000.0);
+        }
+    }
+    if r.processed > 0 {
+        metrics::histogram!("tandem_batch_size", "sync" => sync.clone()).record(r.processed as f64);
+    }
+    for (rule, n) in &r.rules {
+        metrics::counter!("tandem_conflicts_total", "sync" => sync.clone(), "rule" => rule.clone()).increment(*n);
+    }
+    if let Some(a) = admin {
+        let applied = (0..2).map(|s| r.created[s] + r.updated[s] + r.deleted[s]).sum();
+        let latencies: Vec<u64> = r.latencies.iter().map(|(_, ms)| *ms).collect();
+        a.shared.record(i, crate::runner::now_ms(), applied, r.captured[0] + r.captured[1], &latencies);
+    }
+}
+
+/// Carries out an operator's request from the admin server and answers it.
+fn serve(runner: &mut Runner, req: crate::admin::OperatorRequest) {
+    use crate::admin::Action;
+    let find = |runner: &Runner, name: &str| {
+        runner.cfg.syncs.iter().position(|s| s.name == name).ok_or_else(|| format!("no sync named `{name}`"))
+    };
+    let answer: Result<serde_json::Value, String> = match req.action {
+        Action::Pause(name) | Action::Resume(name) if find(runner, &name).is_err() => {
+            Err(format!("no sync named `{name}`"))
+        }
+        Action::Pause(name) => find(runner, &name).and_then(|i| {
+            runner.set_paused(i, true).map_err(|e| e.to_string())?;
+            tracing::warn!(sync = %name, "paused by an operator");
+            Ok(serde_json::json!({ "sync": name, "paused": true }))
+        }),
+        Action::Resume(name) => find(runner, &name).and_then(|i| {
+            runner.set_paused(i, false).map_err(|e| e.to_string())?;
+            tracing::warn!(sync = %name, "resumed by an operator");
+            Ok(serde_json::json!({ "sync": name, "paused": false }))
+        }),
+        Action::Resolve(id, how) => (|| {
+            let c = runner
+                .store
+                .conflicts(None, true)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|c| c.id == id)
+                .ok_or_else(|| format!("there is no open conflict {id}"))?;
+            let i = find(runner, &c.sync)?;
+            let value = runner.with_engine(i, |engine| engine.resolve(id, how)).map_err(|e| e.to_string())?;
+            let sensitive = runner.cfg.syncs[i].sensitive.contains(&c.field);
+            let shown = if sensitive { serde_json::json!(tandem_core::engine::REDACTED) } else { value.to_json() };
+            tracing::info!(sync = %c.sync, conflict = id, field = %c.field, "conflict resolved by an operator");
+            Ok(serde_json::json!({ "id": id, "field": c.field, "value": shown, "resolved": true }))
+        })(),
+        Action::Retry { sync, ids } => {
+            if let Some(name) = &sync {
+                if let Err(e) = find(runner, name) {
+                    return reply(req.reply, Err(e));
+                }
+            }
+            let known = runner.store.dead_letters(None).map_err(|e| e.to_string());
+            match known {
+                Err(e) => Err(e),
+                Ok(list) if ids.iter().any(|id| !list.iter().any(|d| d.id == *id)) => {
+                    Err(format!("no dead letter {}", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")))
+                }
+                Ok(_) => retry_dead_letters(&mut runner.store, sync.as_deref(), &ids)
+                    .map(|n| serde_json::json!({ "queued": n }))
+                    .map_err(|e| e.to_string()),
+            }
+        }
+        Action::Discard(id) => match runner.store.discard_dead_letter(id, crate::runner::now_ms()) {
+            Ok(true) => Ok(serde_json::json!({ "id": id, "discarded": true })),
+            Ok(false) => Err(format!("no dead letter {id}")),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    reply(req.reply, answer);
+}
+
+fn reply(to: std::sync::mpsc::Sender<Result<serde_json::Value, String>>, answer: Result<serde_json::Value, String>) {
+    // The requester may have given up waiting; nothing to do then.
+    let _ = to.send(answer);
 }
 
 trait ErrorClone {
@@ -132,8 +261,9 @@ pub fn run(path: &Path, once: bool) -> Result<(), CliError> {
     }
     let _lock = lock_state(&cfg.state)?;
     let mut runner = Runner::open(cfg)?;
+    let admin = crate::admin::start(&runner.cfg).map_err(CliError::Usage)?;
     tracing::info!(syncs = runner.cfg.syncs.len(), once, "tandem started");
-    let totals = sync_until(&mut runner, once, &stop)?;
+    let totals = sync_until(&mut runner, once, &stop, admin.as_ref())?;
     if once {
         for (spec, r) in runner.cfg.syncs.iter().zip(&totals) {
             print!("{}", format::summary(spec, r));
@@ -194,6 +324,9 @@ pub fn status(path: &Path) -> Result<(), CliError> {
         let linked = runner.store.link_count(name)?;
         println!("sync `{name}`: {} ⇄ {}", spec.system(Side::Left), spec.system(Side::Right));
         println!("  records linked:      {linked}");
+        if let Some(since) = runner.store.meta(name, "paused")?.and_then(|v| v.parse::<i64>().ok()) {
+            println!("  paused by an operator since {} (resume it through the admin API)", format::time(since));
+        }
         for side in [Side::Left, Side::Right] {
             let inbox = runner.store.inbox_len(name, side)?;
             let backlog = runner.backlog(i, side);

@@ -144,7 +144,7 @@ fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> tandem_core::value::Value {
 
 fn step(runner: &mut Runner, title: &str) -> Result<(), CliError> {
     let stop = AtomicBool::new(false);
-    let totals = sync_until(runner, true, &stop)?;
+    let totals = sync_until(runner, true, &stop, None)?;
     println!("  tandem: {title}");
     for line in format::summary(&runner.cfg.syncs[0], &totals[0]).lines().skip(1) {
         println!("  {line}");

@@ -1,5 +1,6 @@
 //! `tandem`: two-way sync between business systems.
 
+mod admin;
 mod commands;
 mod config;
 mod demo;

@@ -22,6 +22,7 @@ struct Health {
     started: bool,
     failures: u32,
     next_try: Instant,
+    last_error: Option<String>,
 }
 
 /// Everything `tandem run` holds open.
@@ -33,6 +34,12 @@ pub struct Runner {
     tables: Vec<Option<[Box<dyn Connector>; 2]>>,
     health: Vec<Health>,
     pruned: Option<Instant>,
+    /// Syncs an operator paused (kept in state, so a restart keeps them paused).
+    paused: Vec<bool>,
+    /// Changes applied and captured since start, by sync and source side.
+    totals: Vec<[[u64; 2]; 2]>,
+    /// The latest end-to-end latency seen, by sync and source side (ms).
+    last_latency: Vec<[u64; 2]>,
 }
 
 /// A sync that failed in a cycle.
@@ -50,13 +57,22 @@ pub struct SyncFailure {
 impl Runner {
     /// Opens the state store; tables are opened on first use (and again after a failure).
     pub fn open(cfg: Config) -> Result<Runner, CliError> {
-        let store = SqliteStore::open(&cfg.state)?;
+        let mut store = SqliteStore::open(&cfg.state)?;
         let n = cfg.syncs.len();
+        let mut paused = Vec::with_capacity(n);
+        for spec in &cfg.syncs {
+            paused.push(tandem_core::store::StateStore::meta(&mut store, &spec.name, "paused")?.is_some());
+        }
         Ok(Runner {
+            paused,
+            totals: vec![[[0; 2]; 2]; n],
+            last_latency: vec![[0; 2]; n],
             cfg,
             store,
             tables: (0..n).map(|_| None).collect(),
-            health: (0..n).map(|_| Health { started: false, failures: 0, next_try: Instant::now() }).collect(),
+            health: (0..n)
+                .map(|_| Health { started: false, failures: 0, next_try: Instant::now(), last_error: None })
+                .collect(),
             pruned: None,
         })
     }
@@ -111,10 +127,11 @@ impl Runner {
         let mut failures = Vec::new();
         for i in 0..self.cfg.syncs.len() {
             reports.push(Report::default());
-            if self.health[i].next_try > Instant::now() {
+            if self.paused[i] || self.health[i].next_try > Instant::now() {
                 continue;
             }
             let started = self.health[i].started;
+            let reconnect = self.tables[i].is_none() && self.health[i].failures > 0;
             let result = self.with_engine(i, |engine| {
                 let mut report = if started { Report::default() } else { engine.start()? };
                 report.add(&engine.cycle()?);
@@ -125,13 +142,26 @@ impl Runner {
                     for what in &report.installed {
                         tracing::warn!(sync = %self.cfg.syncs[i].name, "{what}");
                     }
+                    if reconnect {
+                        metrics::counter!("tandem_reconnects_total", "sync" => self.cfg.syncs[i].name.clone())
+                            .increment(1);
+                    }
+                    for side in 0..2 {
+                        self.totals[i][0][side] += report.created[side] + report.updated[side] + report.deleted[side];
+                        self.totals[i][1][side] += report.captured[side];
+                    }
+                    for (side, ms) in &report.latencies {
+                        self.last_latency[i][side.index()] = *ms;
+                    }
                     reports[i] = report;
-                    self.health[i] = Health { started: true, failures: 0, next_try: Instant::now() };
+                    self.health[i] = Health { started: true, failures: 0, next_try: Instant::now(), last_error: None };
                 }
                 Err(error) => {
                     let h = &mut self.health[i];
                     h.started = false;
                     h.failures += 1;
+                    h.last_error = Some(error.to_string());
+                    metrics::counter!("tandem_retries_total", "sync" => self.cfg.syncs[i].name.clone()).increment(1);
                     let delay = Duration::from_millis(200u64.saturating_mul(1 << h.failures.min(8)))
                         .min(Duration::from_secs(30));
                     h.next_try = Instant::now() + delay;
@@ -149,6 +179,104 @@ impl Runner {
             }
         }
         (reports, failures)
+    }
+
+    /// Pauses or resumes sync `i` for an operator; kept in state and audited.
+    pub fn set_paused(&mut self, i: usize, paused: bool) -> Result<(), tandem_core::store::StoreError> {
+        let name = self.cfg.syncs[i].name.clone();
+        let what = if paused { "pause" } else { "resume" };
+        tandem_core::store::StateStore::commit(
+            &mut self.store,
+            vec![
+                tandem_core::store::Op::Meta {
+                    sync: name.clone(),
+                    name: "paused".into(),
+                    value: paused.then(|| now_ms().to_string()),
+                },
+                tandem_core::store::Op::Audit(tandem_core::store::AuditRow {
+                    at: now_ms(),
+                    sync: name.clone(),
+                    kind: what.into(),
+                    rule: Some("operator".into()),
+                    detail: format!("sync {name} {what}d by an operator"),
+                    ..Default::default()
+                }),
+            ],
+        )?;
+        self.paused[i] = paused;
+        metrics::gauge!("tandem_sync_paused", "sync" => name).set(if paused { 1.0 } else { 0.0 });
+        Ok(())
+    }
+
+    /// True when every sync that is not paused has started and its last cycle succeeded.
+    pub fn ready(&self) -> bool {
+        (0..self.cfg.syncs.len()).all(|i| self.paused[i] || (self.health[i].started && self.health[i].failures == 0))
+    }
+
+    /// What the admin server shows of each sync, read from state; also sets the gauges.
+    pub fn views(&mut self) -> Result<Vec<crate::admin::SyncView>, tandem_core::store::StoreError> {
+        use tandem_core::store::StateStore;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(self.cfg.syncs.len());
+        for i in 0..self.cfg.syncs.len() {
+            let spec = &self.cfg.syncs[i];
+            let name = spec.name.clone();
+            let mut pending = [0; 2];
+            let mut lag = [0.0; 2];
+            for side in [Side::Left, Side::Right] {
+                let s = side.index();
+                pending[s] = self.store.inbox_len(&name, side)?;
+                let oldest = self.store.inbox_oldest(&name, side)?;
+                let waited = oldest.map(|at| (now - at).max(0) as f64 / 1000.0).unwrap_or(0.0);
+                lag[s] = if pending[s] > 0 { waited.max(self.last_latency[i][s] as f64 / 1000.0) } else { 0.0 };
+                let system = spec.system(side).to_string();
+                metrics::gauge!("tandem_lag_seconds", "sync" => name.clone(), "system" => system.clone()).set(lag[s]);
+                metrics::gauge!("tandem_lag_changes", "sync" => name.clone(), "system" => system)
+                    .set(pending[s] as f64);
+            }
+            let h = &self.health[i];
+            let linked = self.store.link_count(&name)?;
+            let conflicts_open = self.store.conflicts(Some(&name), true)?.len() as u64;
+            let dead_letters = self.store.dead_letters(Some(&name))?.len() as u64;
+            let last_sync_ms = self.store.meta(&name, "last_sync")?.and_then(|v| v.parse::<i64>().ok());
+            let initial_load = self.store.meta(&name, "snapshot:left")?.is_some()
+                || self.store.meta(&name, "snapshot:right")?.is_some();
+            metrics::gauge!("tandem_conflicts_open", "sync" => name.clone()).set(conflicts_open as f64);
+            metrics::gauge!("tandem_dead_letters", "sync" => name.clone()).set(dead_letters as f64);
+            metrics::gauge!("tandem_records_linked", "sync" => name.clone()).set(linked as f64);
+            metrics::gauge!("tandem_sync_paused", "sync" => name.clone()).set(if self.paused[i] { 1.0 } else { 0.0 });
+            if let Some(t) = last_sync_ms {
+                metrics::gauge!("tandem_last_success_timestamp_seconds", "sync" => name.clone()).set(t as f64 / 1000.0);
+            }
+            let side_name = |side: Side| format!("{}.{}", spec.side(side).system, spec.side(side).table);
+            out.push(crate::admin::SyncView {
+                left: side_name(Side::Left),
+                right: side_name(Side::Right),
+                state: if self.paused[i] {
+                    "paused"
+                } else if h.failures > 0 {
+                    "failing"
+                } else if h.started {
+                    "running"
+                } else {
+                    "starting"
+                },
+                paused: self.paused[i],
+                failures: h.failures,
+                last_error: h.last_error.clone(),
+                linked,
+                pending,
+                lag_seconds: lag,
+                conflicts_open,
+                dead_letters,
+                last_sync_ms,
+                initial_load,
+                applied: self.totals[i][0],
+                captured: self.totals[i][1],
+                name,
+            });
+        }
+        Ok(out)
     }
 
     /// Estimated records on both sides of sync `i`, for the initial-load progress bar.
