@@ -151,6 +151,9 @@ pub struct Admin {
 /// Starts the admin server of `cfg` on its own thread; `Ok(None)` when `[admin]` is not configured.
 pub fn start(cfg: &Config) -> Result<Option<Admin>, String> {
     let Some(settings) = cfg.admin.clone() else { return Ok(None) };
+    if let Some(problem) = &settings.token_problem {
+        return Err(format!("{}: {problem}", cfg.file.display()));
+    }
     let prometheus = install_metrics()?;
     let listener = std::net::TcpListener::bind(settings.listen).map_err(|e| {
         format!(

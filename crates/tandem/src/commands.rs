@@ -260,8 +260,8 @@ pub fn run(path: &Path, once: bool) -> Result<(), CliError> {
             .map_err(|e| CliError::Usage(format!("cannot install the Ctrl-C handler: {e}")))?;
     }
     let _lock = lock_state(&cfg.state)?;
+    let admin = crate::admin::start(&cfg).map_err(CliError::Usage)?;
     let mut runner = Runner::open(cfg)?;
-    let admin = crate::admin::start(&runner.cfg).map_err(CliError::Usage)?;
     tracing::info!(syncs = runner.cfg.syncs.len(), once, "tandem started");
     let totals = sync_until(&mut runner, once, &stop, admin.as_ref())?;
     if once {
@@ -277,6 +277,9 @@ pub fn run(path: &Path, once: bool) -> Result<(), CliError> {
 /// `tandem check`.
 pub fn check(path: &Path) -> Result<(), CliError> {
     let cfg = load(path)?;
+    if let Some(problem) = cfg.admin.as_ref().and_then(|a| a.token_problem.as_ref()) {
+        return Err(CliError::Usage(format!("{}: {problem}", cfg.file.display())));
+    }
     println!("{}: OK", cfg.file.display());
     for spec in &cfg.syncs {
         let l = spec.side(Side::Left);
@@ -377,10 +380,11 @@ pub fn conflicts(path: &Path, resolve: Option<(i64, Resolution)>, all: bool) -> 
             CliError::Usage(format!("conflict {id} belongs to sync `{}`, which is no longer configured", c.sync))
         })?;
         let value = runner.with_engine(i, |engine| engine.resolve(id, how))?;
+        let sensitive = runner.cfg.syncs[i].sensitive.contains(&c.field);
         println!(
             "conflict {id} resolved: field `{}` is now {} on both sides (audited)",
             c.field,
-            format::value(&value)
+            if sensitive { tandem_core::engine::REDACTED.to_string() } else { format::value(&value) }
         );
         return Ok(());
     }
@@ -403,12 +407,18 @@ pub fn conflicts(path: &Path, resolve: Option<(i64, Resolution)>, all: bool) -> 
         );
         println!("  record: {l} {} ⇄ {r} {}", c.left_key, c.right_key);
         println!("  field:  {}", c.field);
-        println!(
-            "  base:   {}",
-            c.base.as_ref().map(format::value).unwrap_or_else(|| "(none: linked by match_on)".into())
-        );
-        println!("  {l:<7} {}", format::value(&c.left));
-        println!("  {r:<7} {}", format::value(&c.right));
+        // A sensitive field's values are shown nowhere by Tandem: look them up in the systems.
+        let sensitive = spec.is_some_and(|s| s.sensitive.contains(&c.field));
+        let shown = |v: &tandem_core::value::Value| {
+            if sensitive {
+                tandem_core::engine::REDACTED.to_string()
+            } else {
+                format::value(v)
+            }
+        };
+        println!("  base:   {}", c.base.as_ref().map(shown).unwrap_or_else(|| "(none: linked by match_on)".into()));
+        println!("  {l:<7} {}", shown(&c.left));
+        println!("  {r:<7} {}", shown(&c.right));
         if c.resolution.is_none() {
             println!("  resolve: tandem conflicts --resolve {} --take left|right   (or --value VALUE)", c.id);
         }

@@ -96,11 +96,17 @@ pub struct Admin {
     pub listen: std::net::SocketAddr,
     /// The bearer token every endpoint but `/health` requires (from the environment).
     pub token: Option<Secret>,
+    /// Why the token could not be read (a variable not set): only `tandem run` needs it.
+    pub token_problem: Option<String>,
 }
 
 impl fmt::Debug for Admin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Admin").field("listen", &self.listen).field("token", &self.token).finish()
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token)
+            .field("token_problem", &self.token_problem)
+            .finish()
     }
 }
 
@@ -852,6 +858,7 @@ fn parse_admin(ctx: &mut Ctx<'_>, a: &Spanned<RawAdmin>) -> Option<Admin> {
         },
         None => std::net::SocketAddr::from(([127, 0, 0, 1], 7420)),
     };
+    let mut token_problem = None;
     let token = match &raw.token {
         Some(t) => {
             let text = t.get_ref();
@@ -875,14 +882,15 @@ fn parse_admin(ctx: &mut Ctx<'_>, a: &Spanned<RawAdmin>) -> Option<Admin> {
                     return None;
                 }
                 Err(e) => {
-                    ctx.at(t.span(), format!("admin token: {e}"), "set the variable before running tandem");
-                    return None;
+                    let line = ctx.line(t.span());
+                    token_problem = Some(format!("line {line}: admin token: {e}; set it before `tandem run`"));
+                    None
                 }
             }
         }
         None => None,
     };
-    if token.is_none() && !listen.ip().is_loopback() {
+    if raw.token.is_none() && !listen.ip().is_loopback() {
         ctx.at(
             a.span(),
             format!("the admin server would listen on {listen}, off this machine, without a token"),
@@ -890,7 +898,7 @@ fn parse_admin(ctx: &mut Ctx<'_>, a: &Spanned<RawAdmin>) -> Option<Admin> {
         );
         return None;
     }
-    Some(Admin { listen, token })
+    Some(Admin { listen, token, token_problem })
 }
 
 fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {

@@ -114,15 +114,11 @@ mod tests {
         assert_eq!(super::time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(super::time(1_795_700_000_000), "2026-11-26 13:33:20 UTC");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn times_read_back_what_they_print() {
         let ms = 1_795_000_000_000;
+        use super::{parse_time, time};
         let printed = time(ms);
         assert_eq!(parse_time(&printed, 0), Ok(ms));
         assert_eq!(parse_time("1970-01-02", 0), Ok(86_400_000));
