@@ -364,3 +364,168 @@ fn an_admin_server_off_this_machine_needs_a_token() {
     let t = text(&tandem(&["run", "--once", "-c", cfg.to_str().unwrap()]));
     assert!(t.contains("secrets never go in config files") && !t.contains("abcdefabcdefabcdefabcdef"), "{t}");
 }
+
+/// A WebDriver session in headless Chromium through Debian's chromedriver.
+struct Browser {
+    _driver: Kill,
+    base: String,
+    agent: ureq::Agent,
+    _profile: TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        assert!(
+            std::path::Path::new("/usr/bin/chromedriver").exists(),
+            "Chromium and ChromeDriver are missing: run scripts/browser-setup (scripts/test does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Kill(
+            Command::new("/usr/bin/chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver runs"),
+        );
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let profile = TempDir::new("chromium-profile");
+        let mut b = Browser { _driver: driver, base: format!("http://127.0.0.1:{port}"), agent, _profile: profile };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b.agent.get(&format!("{}/status", b.base)).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = serde_json::json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", format!("--user-data-dir={}", b._profile.0.display())]
+            }
+        }}});
+        let session = b.post("/session", caps);
+        let id = session["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {session}")).to_string();
+        b.base = format!("{}/session/{id}", b.base);
+        b
+    }
+
+    fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let mut r = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .content_type("application/json")
+            .send(body.to_string())
+            .expect("chromedriver answers");
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    fn open(&self, url: &str) {
+        self.post("/url", serde_json::json!({ "url": url }));
+    }
+
+    /// Runs a script in the page; returns its value.
+    fn eval(&self, script: &str) -> serde_json::Value {
+        self.post("/execute/sync", serde_json::json!({ "script": script, "args": [] }))["value"].clone()
+    }
+
+    fn text(&self, css: &str) -> Option<String> {
+        let v = self.eval(&format!("const e = document.querySelector({css:?}); return e ? e.textContent : null;"));
+        v.as_str().map(str::to_string)
+    }
+
+    /// Clicks the element; the page redraws every 2 s, so an element that went stale between
+    /// finding and clicking is found again.
+    fn click(&self, css: &str) {
+        for _ in 0..5 {
+            let found = self.post("/element", serde_json::json!({ "using": "css selector", "value": css }));
+            let id = found["value"]["element-6066-11e4-a52e-4f735466cecf"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no element {css}: {found}"))
+                .to_string();
+            let clicked = self.post(&format!("/element/{id}/click"), serde_json::json!({}));
+            if clicked["value"].is_null() {
+                return;
+            }
+            assert_eq!(clicked["value"]["error"], "stale element reference", "clicking {css}: {clicked}");
+        }
+        panic!("{css} kept going stale");
+    }
+
+    fn until(&self, what: &str, mut f: impl FnMut(&Browser) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f(self) {
+            let page = self.eval("return document.body.innerText;");
+            assert!(Instant::now() < deadline, "the dashboard never showed {what}; page:\n{page}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.agent.delete(&self.base).call();
+    }
+}
+
+#[test]
+fn the_dashboard_shows_live_numbers_and_its_retry_button_works_in_chromium() {
+    let dir = TempDir::new("dashboard");
+    let cfg = setup(&dir, ADMIN);
+    let a = db(&dir.path("a.db"));
+    let b = db(&dir.path("b.db"));
+    a.execute_batch("INSERT INTO people (id, name, email, tier) VALUES (1, 'Ada', 'ada@x', 'gold');").unwrap();
+    let srv = Server::start(&dir, &cfg);
+    let browser = Browser::start();
+
+    // Without the token the page holds nothing but the sign-in form.
+    browser.open(&format!("{}/", srv.base));
+    browser.until("the sign-in form", |b| {
+        b.eval("return !document.getElementById('login').hidden && !document.querySelector('[data-sync]');") == true
+    });
+    // With the token (in the fragment, never sent to the server) it shows the sync.
+    browser.open(&format!("{}/#token={TOKEN}", srv.base));
+    browser
+        .until("the sync running", |b| b.text("[data-sync=people] [data-metric=state]").as_deref() == Some("running"));
+    assert_eq!(browser.eval("return location.hash;"), "", "the token stayed in the address bar");
+    let applied = |b: &Browser| {
+        b.text("[data-sync=people] [data-metric=applied-left]").and_then(|t| t.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let before = applied(&browser);
+    // Rows written on a: the numbers move without a reload.
+    for i in 0..5 {
+        a.execute(
+            "INSERT INTO people (name, email, tier) VALUES (?1, ?2, 'gold')",
+            [format!("P{i}"), format!("p{i}@x")],
+        )
+        .unwrap();
+    }
+    browser.until("the new rows counted", |b| applied(b) >= before + 5);
+    browser.until("the linked count", |b| b.text("[data-sync=people] [data-metric=linked]").as_deref() == Some("6"));
+    assert!(browser.eval("return document.querySelectorAll('canvas').length;").as_u64().unwrap() >= 2);
+
+    // A record the ERP refuses shows as a dead letter; after the ERP's policy changes, the
+    // page's Retry button syncs it.
+    a.execute("INSERT INTO people (id, name, email, tier) VALUES (50, 'Grace', 'blocked-grace@x', 'gold')", [])
+        .unwrap();
+    browser
+        .until("the dead letter", |b| b.text("[data-dead-letter]").is_some_and(|t| t.contains("blocked by the ERP")));
+    assert_eq!(browser.text("[data-sync=people] [data-metric=dead-letters]").as_deref(), Some("1"));
+    b.execute_batch("DROP TRIGGER refuse;").unwrap();
+    browser.click("button[data-retry]");
+    let synced = || {
+        b.query_row("SELECT count(*) FROM clients WHERE mail = 'blocked-grace@x'", [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+    srv.until("the retried record on b", || synced() == 1);
+    browser.until("the dead letter gone", |b| {
+        b.text("[data-dead-letter]").is_none()
+            && b.text("[data-sync=people] [data-metric=dead-letters]").as_deref() == Some("0")
+    });
+
+    // Pause from the page.
+    browser.click("[data-sync=people] button[data-action=pause]");
+    browser.until("paused", |b| b.text("[data-sync=people] [data-metric=state]").as_deref() == Some("paused"));
+    browser.click("[data-sync=people] button[data-action=resume]");
+    browser.until("running again", |b| b.text("[data-sync=people] [data-metric=state]").as_deref() == Some("running"));
+}
