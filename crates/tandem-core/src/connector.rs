@@ -177,6 +177,16 @@ pub trait Connector {
     fn intent_ids(&mut self) -> Result<Vec<String>, ConnectorError> {
         Ok(Vec::new())
     }
+    /// Whether `write` would be accepted, judged without writing anything (columns, types,
+    /// required values), for `tandem plan`. `Ok` where the system cannot tell in advance.
+    fn check_write(&mut self, _write: &Write) -> Result<(), RowError> {
+        Ok(())
+    }
+    /// True when [`Connector::changes`] only reads (a change-log table, not a replication
+    /// stream that confirms what it was sent), so `tandem plan` may look at waiting changes.
+    fn changes_read_only(&self) -> bool {
+        false
+    }
     /// How many captured changes wait after `after`, where the system can count them.
     fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError>;
     /// Roughly how many records the entity holds (for progress displays), when cheap to know.

@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod error;
 mod format;
+mod plan;
 mod runner;
 mod schema_check;
 
@@ -50,6 +51,14 @@ enum Command {
     Check {
         #[arg(short, long, default_value = "tandem.toml")]
         config: PathBuf,
+    },
+    /// Show what the first (or next) sync would do, per sync, without writing anything.
+    Plan {
+        #[arg(short, long, default_value = "tandem.toml")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Show per sync: records linked, pending changes, last sync, conflicts, dead letters.
     Status {
@@ -163,6 +172,7 @@ fn main() {
         Command::Demo { dir } => demo::run(&dir),
         Command::Run { config, once } => commands::run(&config, once),
         Command::Check { config } => commands::check(&config),
+        Command::Plan { config, json } => plan::plan(&config, json),
         Command::Status { config } => commands::status(&config),
         Command::Conflicts { config, resolve, take, value, all } => {
             let how = match (take, value) {

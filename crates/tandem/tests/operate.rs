@@ -529,3 +529,69 @@ fn the_dashboard_shows_live_numbers_and_its_retry_button_works_in_chromium() {
     browser.click("[data-sync=people] button[data-action=resume]");
     browser.until("running again", |b| b.text("[data-sync=people] [data-metric=state]").as_deref() == Some("running"));
 }
+
+#[test]
+fn plan_reports_what_the_first_sync_would_do_and_writes_nothing() {
+    let dir = TempDir::new("plan");
+    let cfg = pair(&dir, "conflict = \"hold\"");
+    let a = db(&dir.path("a.db"));
+    let b = db(&dir.path("b.db"));
+    a.execute_batch(
+        "INSERT INTO people (name, email, note, tier) VALUES ('Ada Lovelace', 'ada@x', 'n', 'gold'), ('Alan Turing', 'alan@x', NULL, 'standard'), (NULL, 'nameless@x', NULL, 'gold');",
+    )
+    .unwrap();
+    b.execute_batch(
+        "INSERT INTO clients (first, last, mail, memo, level) VALUES ('Ada', 'Lovelace', 'ADA@x', 'n', 'std'), ('Grace', 'Hopper', 'grace@x', NULL, 'std');",
+    )
+    .unwrap();
+    drop((a, b));
+    let bytes = |f: &str| std::fs::read(dir.path(f)).unwrap();
+    let files = || {
+        let mut v: Vec<String> =
+            std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let (a0, b0, f0) = (bytes("a.db"), bytes("b.db"), files());
+    let c = cfg.to_str().unwrap();
+
+    let out = tandem(&["plan", "-c", c]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("the first sync would"), "{t}");
+    assert!(t.contains("link 1 existing records matched by match_on"), "{t}");
+    assert!(t.contains("create 1 on a, 1 on b"), "{t}");
+    // Ada's tier differs, and so does the case of her email: both held (the sync's rule).
+    assert!(t.contains("decide conflicts: 2 by hold") && t.contains("field tier: held for a person"), "{t}");
+    assert!(t.contains("send 1 records to dead letters") && t.contains("clients.first is NOT NULL"), "{t}");
+    assert!(t.contains("lossy field `name`: split_name"), "{t}");
+    let json = tandem(&["plan", "-c", c, "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&json)));
+    let p = &j["syncs"][0];
+    assert_eq!((p["create_on"]["b"].as_u64(), p["create_on"]["a"].as_u64()), (Some(1), Some(1)), "{p}");
+    assert_eq!(p["matched"], 1);
+    assert_eq!(p["held_for_a_person"], 2);
+    assert_eq!(p["dead_letters"][0]["field"], "first", "{p}");
+    assert_eq!(p["dead_letters"][0]["from"], "a");
+
+    // Nothing was written: the databases are byte for byte the same, no state file, no
+    // capture installed.
+    assert!(bytes("a.db") == a0 && bytes("b.db") == b0, "plan changed a database");
+    assert_eq!(files(), f0, "plan left files behind");
+
+    // The sync then does what the plan said.
+    let run = tandem(&["run", "--once", "-c", c]);
+    let r = text(&run);
+    assert!(r.contains("a → b: 1 created") && r.contains("b → a: 1 created"), "{r}");
+    assert!(
+        r.contains("1 linked by match_on") && r.contains("2 held for a person") && r.contains("1 dead letters"),
+        "{r}"
+    );
+    // A plan of the next sync, with state and capture in place, sees a waiting change.
+    db(&dir.path("a.db")).execute("UPDATE people SET note = 'changed' WHERE email = 'alan@x'", []).unwrap();
+    let (a1, b1) = (bytes("a.db"), bytes("b.db"));
+    let state = bytes("state.db");
+    let next = text(&tandem(&["plan", "-c", c]));
+    assert!(next.contains("the next sync would") && next.contains("update 0 on a, 1 on b"), "{next}");
+    assert!(bytes("a.db") == a1 && bytes("b.db") == b1 && bytes("state.db") == state, "plan wrote");
+}

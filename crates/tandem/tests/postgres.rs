@@ -551,3 +551,37 @@ fn verify_full_checks_the_host_name_and_the_chain() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(rows(&db(&dir.path("erp.db")), "SELECT count(*) FROM customers"), vec![vec!["2"]]);
 }
+
+#[test]
+fn plan_against_postgresql_installs_nothing_and_writes_nothing() {
+    let (a, b) = (PgDb::new("plan_a"), PgDb::new("plan_b"));
+    a.sql(TYPES_TABLE);
+    b.sql(TYPES_TABLE);
+    a.sql("INSERT INTO items (i, t, v) VALUES (1, 'one', 'x'), (2, 'two', 'y'), (3, 'three', 'too long for five')");
+    b.sql("ALTER TABLE items ALTER COLUMN v TYPE varchar(5)");
+    let dir = TempDir::new("pgplan");
+    let cfg = pg_pair_config(&dir, &a, &b);
+    let c = cfg.to_str().unwrap();
+    let snapshot = |db: &PgDb| {
+        format!(
+            "{}\n{}\n{}",
+            all_values(db),
+            db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = '_tandem'"),
+            db.sql("SELECT count(*) FROM pg_publication")
+        )
+    };
+    let slots = || {
+        psql("postgres", &format!("SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}')", a.0, b.0))
+    };
+    let origins = || psql("postgres", "SELECT count(*) FROM pg_replication_origin");
+    let (sa, sb, sl, or) = (snapshot(&a), snapshot(&b), slots(), origins());
+    let out = tandem(&["plan", "-c", c, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &j["syncs"][0];
+    assert_eq!(p["create_on"]["b"], 2, "{p}");
+    assert_eq!(p["dead_letters"].as_array().unwrap().len(), 1, "{p}");
+    assert_eq!(p["dead_letters"][0]["field"], "v", "{p}");
+    assert_eq!((snapshot(&a), snapshot(&b), slots(), origins()), (sa, sb, sl, or), "plan wrote to PostgreSQL");
+    assert!(!dir.path("state.db").exists(), "plan made a state file");
+}

@@ -411,6 +411,7 @@ impl MyTable {
             if let Err(e) = literal(v) {
                 return Err(RowError::new(Some(col.clone()), Some(v.type_name()), e));
             }
+            crate::check_length(&self.table, col, &c.column_type, v)?;
             if let (Kind::Bytes, Value::Text(_)) | (Kind::Int { .. } | Kind::Bool, Value::Bytes(_)) = (c.kind, v) {
                 if c.kind != Kind::Bytes {
                     return Err(RowError::new(
@@ -990,6 +991,14 @@ impl Connector for MyTable {
         self.with("reading intents of", move |c| {
             Box::pin(c.exec("SELECT id FROM _tandem_intents WHERE tbl = ?", (table,)))
         })
+    }
+
+    fn check_write(&mut self, w: &Write) -> Result<(), RowError> {
+        if let Some(values) = crate::written(w) {
+            self.check_fit(values)?;
+        }
+        let cols = self.columns.iter().map(|c| (c.name.as_str(), c.not_null, c.has_default));
+        crate::check_required(&self.table, cols, w)
     }
 
     fn backlog(&mut self, _after: u64) -> Result<Option<u64>, ConnectorError> {

@@ -590,14 +590,10 @@ impl PgTable {
                 return Err(RowError::new(
                     Some(col.clone()),
                     Some(v.type_name()),
-                    format!(
-                        "column {}.{col} is {}; the {} value {v} does not fit",
-                        self.table,
-                        c.type_name,
-                        v.type_name()
-                    ),
+                    format!("column {}.{col} is {}; a {} value does not fit", self.table, c.type_name, v.type_name()),
                 ));
             }
+            crate::check_length(&self.table, col, &c.type_name, v)?;
         }
         Ok(())
     }
@@ -1291,6 +1287,14 @@ impl Connector for PgTable {
             })
             .map_err(|e| pg_err("reading intents", e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn check_write(&mut self, w: &Write) -> Result<(), RowError> {
+        if let Some(values) = crate::written(w) {
+            self.check_fit(values)?;
+        }
+        let cols = self.columns.iter().map(|c| (c.name.as_str(), c.not_null, c.has_default));
+        crate::check_required(&self.table, cols, w)
     }
 
     fn backlog(&mut self, _after: u64) -> Result<Option<u64>, ConnectorError> {

@@ -209,7 +209,7 @@ impl SqliteTable {
                     Some(col.clone()),
                     Some(v.type_name()),
                     format!(
-                        "column {}.{col} is {} column ({}); the {} value {v} does not fit",
+                        "column {}.{col} is {} column ({}); a {} value does not fit",
                         self.table,
                         aff.name(),
                         c.decl_type,
@@ -554,6 +554,18 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
         stmt.query_map([&self.table], |r| r.get::<_, String>(0))
             .and_then(|it| it.collect())
             .map_err(|e| sql_err(self.ctx("reading intents"), e))
+    }
+
+    fn check_write(&mut self, w: &Write) -> Result<(), RowError> {
+        if let Some(values) = crate::written(w) {
+            self.check_fit(values)?;
+        }
+        let cols = self.columns.iter().map(|c| (c.name.as_str(), c.not_null, c.has_default));
+        crate::check_required(&self.table, cols, w)
+    }
+
+    fn changes_read_only(&self) -> bool {
+        true
     }
 
     fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError> {
