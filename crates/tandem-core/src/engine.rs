@@ -187,6 +187,28 @@ pub fn redact(spec: &SyncSpec, a: &mut AuditRow) {
     }
 }
 
+/// Replaces the values a record has in sensitive fields (on either side) in a text that is
+/// about to be kept or shown, such as a system's refusal.
+pub fn scrub_sensitive(spec: &SyncSpec, mut text: String, rows: &[Option<&Row>; 2]) -> String {
+    for f in spec.fields.iter().filter(|f| spec.sensitive.contains(&f.name)) {
+        for (side, row) in [Side::Left, Side::Right].into_iter().zip(rows) {
+            let Some(row) = row else { continue };
+            let cols = if side == Side::Left { &f.left } else { &f.right };
+            for c in cols {
+                let shown = match row.get(c) {
+                    Some(Value::Text(t)) => t.clone(),
+                    Some(v) if !v.is_null() => v.to_string(),
+                    _ => continue,
+                };
+                if shown.len() >= 3 {
+                    text = text.replace(&shown, REDACTED);
+                }
+            }
+        }
+    }
+    text
+}
+
 /// Captured changes with the state changes that record them (inbox entries and cursors) and
 /// the positions the sources may forget once those are committed.
 struct Direct {
@@ -904,12 +926,16 @@ impl<'a> Engine<'a> {
                 if let Some((side, key)) = plan.source {
                     report.dead_letters += 1;
                     report.failed[side.index()] += 1;
+                    // A system's refusal may quote the value it refused: not a sensitive one.
+                    let found = [Side::Left, Side::Right]
+                        .map(|s| g.keys[s.index()].as_ref().and_then(|k| rows[s.index()].get(k)));
+                    let reason = scrub_sensitive(self.spec, err.to_string(), &found);
                     ops.extend(self.dead_letter(
                         side,
                         &key,
                         err.column.clone(),
                         err.value_type.map(str::to_string),
-                        err.to_string(),
+                        reason,
                         now,
                     ));
                 }

@@ -144,34 +144,8 @@ pub fn merge_lines(base: Option<&Value>, left: &Value, right: &Value) -> Option<
 
 #[cfg(test)]
 mod tests {
+    use super::tests_support::spec;
     use super::*;
-    use crate::mapping::{FieldMap, Transform};
-    use crate::rules::{DeleteRule, EntitySpec, OnPositionLost};
-
-    fn spec(rule: ConflictRule) -> SyncSpec {
-        let f = |n: &str, flow| FieldMap {
-            name: n.into(),
-            left: vec![n.into()],
-            right: vec![n.into()],
-            transform: Transform::Rename,
-            flow,
-        };
-        let e = |s: &str| EntitySpec { system: s.into(), table: "t".into(), key: vec!["id".into()] };
-        SyncSpec {
-            name: "s".into(),
-            sides: [e("a"), e("b")],
-            fields: vec![f("x", Flow::Both), f("y", Flow::Both), f("terms", Flow::From(Side::Right))],
-            rule,
-            field_rules: vec![("y".into(), ConflictRule::Prefer(Side::Left))],
-            tie_break: Side::Left,
-            match_on: None,
-            deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
-            filters: [None, None],
-            defaults: [Row::new(), Row::new()],
-            on_position_lost: OnPositionLost::Fail,
-            sensitive: Vec::new(),
-        }
-    }
 
     fn row(x: &str, y: &str, t: &str) -> Row {
         [("x", x), ("y", y), ("terms", t)].iter().map(|(k, v)| (k.to_string(), Value::Text(v.to_string()))).collect()
@@ -249,5 +223,75 @@ mod tests {
         assert_eq!(merge_lines(None, &t("x"), &t("y")).unwrap(), t("x\ny"));
         assert_eq!(merge_lines(Some(&t("x")), &Value::Null, &t("x\ny")).unwrap(), t("y"));
         assert_eq!(merge_lines(None, &Value::Int(1), &t("y")), None);
+    }
+}
+
+#[cfg(test)]
+mod sensitive_tests {
+    use super::tests_support::spec;
+    use crate::engine::{redact, scrub_sensitive, REDACTED};
+    use crate::rules::ConflictRule;
+    use crate::store::AuditRow;
+    use crate::value::{Row, Value};
+
+    #[test]
+    fn sensitive_values_are_kept_out_of_audit_rows_and_refusals() {
+        let mut spec = spec(ConflictRule::Latest);
+        spec.sensitive = vec!["x".into()];
+        let mut decision = AuditRow {
+            kind: "decision".into(),
+            field: Some("x".into()),
+            base: Some(Value::Text("old secret".into())),
+            left: Some(Value::Text("left secret".into())),
+            right: Some(Value::Text("right secret".into())),
+            ..AuditRow::default()
+        };
+        redact(&spec, &mut decision);
+        assert_eq!(decision.left, Some(Value::Text(REDACTED.into())));
+        assert_eq!(decision.base, Some(Value::Text(REDACTED.into())));
+        let mut apply = AuditRow {
+            kind: "apply".into(),
+            detail: r#"{"x":["old secret","new secret"],"y":["a","b"]}"#.into(),
+            ..AuditRow::default()
+        };
+        redact(&spec, &mut apply);
+        assert!(!apply.detail.contains("secret") && apply.detail.contains(r#""y":["a","b"]"#), "{}", apply.detail);
+
+        let row: Row = [("x".to_string(), Value::Text("hunter2-value".into()))].into_iter().collect();
+        let reason = "Incorrect value: 'hunter2-value' for column x".to_string();
+        let scrubbed = scrub_sensitive(&spec, reason, &[Some(&row), None]);
+        assert!(!scrubbed.contains("hunter2") && scrubbed.contains("for column x"), "{scrubbed}");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use crate::mapping::{FieldMap, Flow, Side, Transform};
+    use crate::rules::{ConflictRule, DeleteRule, EntitySpec, OnPositionLost, SyncSpec};
+    use crate::value::Row;
+
+    pub(crate) fn spec(rule: ConflictRule) -> SyncSpec {
+        let f = |n: &str, flow| FieldMap {
+            name: n.into(),
+            left: vec![n.into()],
+            right: vec![n.into()],
+            transform: Transform::Rename,
+            flow,
+        };
+        let e = |s: &str| EntitySpec { system: s.into(), table: "t".into(), key: vec!["id".into()] };
+        SyncSpec {
+            name: "s".into(),
+            sides: [e("a"), e("b")],
+            fields: vec![f("x", Flow::Both), f("y", Flow::Both), f("terms", Flow::From(Side::Right))],
+            rule,
+            field_rules: vec![("y".into(), ConflictRule::Prefer(Side::Left))],
+            tie_break: Side::Left,
+            match_on: None,
+            deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
+            filters: [None, None],
+            defaults: [Row::new(), Row::new()],
+            on_position_lost: OnPositionLost::Fail,
+            sensitive: Vec::new(),
+        }
     }
 }

@@ -382,7 +382,9 @@ fn a_bulk_page_the_target_refuses_goes_one_by_one() {
     assert_eq!(b.sql("SELECT count(*) FROM items"), "997");
     assert_eq!(b.sql("SELECT count(*) FROM items WHERE id IN (10, 600, 900)"), "0");
     let dead = text(&tandem(&["dead-letters", "-c", c]));
-    assert_eq!(dead.matches("refused the write").count(), 3, "{dead}");
+    assert_eq!(dead.matches("refused the write").count(), 2, "{dead}");
+    // Too long for varchar(3): caught before writing, naming the column.
+    assert!(dead.contains("column items.code is character varying(3); a text of 7 characters does not fit"), "{dead}");
     let state = db(&dir.path("state.db"));
     let count =
         |like: &str| rows(&state, &format!("SELECT count(*) FROM audit WHERE detail LIKE '{like}'"))[0][0].clone();
@@ -573,7 +575,15 @@ fn plan_against_postgresql_installs_nothing_and_writes_nothing() {
     let slots = || {
         psql("postgres", &format!("SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}')", a.0, b.0))
     };
-    let origins = || psql("postgres", "SELECT count(*) FROM pg_replication_origin");
+    let origins = || {
+        psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'tandem_{}%' OR roname LIKE 'tandem_{}%'",
+                a.0, b.0
+            ),
+        )
+    };
     let (sa, sb, sl, or) = (snapshot(&a), snapshot(&b), slots(), origins());
     let out = tandem(&["plan", "-c", c, "--json"]);
     assert!(out.status.success(), "{}", text(&out));
