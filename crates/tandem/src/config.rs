@@ -169,6 +169,7 @@ struct RawSystem {
     kind: Spanned<String>,
     path: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
+    datetime_zone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +433,11 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
         let span = sys.span();
         let sys = sys.get_ref();
         match sys.kind.get_ref().as_str() {
+            "sqlite" if sys.datetime_zone.is_some() => ctx.at(
+                sys.datetime_zone.as_ref().map(|z| z.span()).unwrap_or(span),
+                format!("system `{name}`: datetime_zone is for MariaDB/MySQL systems (their DATETIME has no zone)"),
+                "remove it",
+            ),
             "sqlite" => match &sys.path {
                 Some(p) => {
                     let path = resolve(&mut ctx, p);
@@ -460,12 +466,41 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
                     ),
                     Some(u) => match expand_env(u.get_ref()) {
                         Ok(expanded) => {
+                            let zone = match (&sys.datetime_zone, kind) {
+                                (Some(z), "mysql" | "mariadb") => {
+                                    match tandem_connectors::mysql::Zone::parse(z.get_ref()) {
+                                        Ok(zone) => Some(zone),
+                                        Err(e) => {
+                                            ctx.at(
+                                            z.span(),
+                                            format!("system `{name}`: datetime_zone {e}"),
+                                            "write the zone its DATETIME values mean, e.g. datetime_zone = \"Europe/Berlin\" or \"+01:00\"",
+                                        );
+                                            None
+                                        }
+                                    }
+                                }
+                                (Some(z), _) => {
+                                    ctx.at(
+                                        z.span(),
+                                        format!("system `{name}`: datetime_zone is for MariaDB/MySQL systems (their DATETIME has no zone)"),
+                                        "remove it; PostgreSQL's timestamptz carries its zone",
+                                    );
+                                    None
+                                }
+                                (None, _) => None,
+                            };
                             let parsed = if kind == "postgres" {
                                 tandem_connectors::postgres::PgUrl::parse(&expanded)
                                     .map(|url| System::Postgres { url: Box::new(url) })
                             } else {
-                                tandem_connectors::mysql::MyUrl::parse(&expanded)
-                                    .map(|url| System::Mysql { url: Box::new(url) })
+                                tandem_connectors::mysql::MyUrl::parse(&expanded).map(|url| {
+                                    let url = match zone {
+                                        Some(z) => url.with_datetime_zone(z),
+                                        None => url,
+                                    };
+                                    System::Mysql { url: Box::new(url) }
+                                })
                             };
                             match parsed {
                                 Ok(system) => {

@@ -441,3 +441,64 @@ fn verify_full_refuses_a_certificate_for_another_host_name() {
         mysql("", "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'Ssl_accepts'");
     assert!(tls_sessions.parse::<u64>().unwrap() > 0);
 }
+
+#[test]
+fn datetime_means_the_configured_zone_and_timestamp_is_utc_both_ways() {
+    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
+    let (a, b) = (PgDb::new("zone_a"), MyDb::new("zone_b"));
+    a.sql("CREATE TABLE events (id bigint PRIMARY KEY, local_at timestamptz, stamp timestamptz, naive timestamp)");
+    b.sql("CREATE TABLE events (id BIGINT PRIMARY KEY, local_at DATETIME(3), stamp TIMESTAMP(3) NULL, naive DATETIME)");
+    // One winter and one summer instant (Berlin is +01 then +02).
+    a.sql(
+        "INSERT INTO events VALUES (1, '2026-01-15 12:00:00.25+00', '2026-01-15 12:00:00+00', '2026-01-15 12:00:00'),
+                                      (2, '2026-07-15 12:00:00+00', '2026-07-15 14:00:00+02', '2026-07-15 12:00:00')",
+    );
+    let dir = TempDir::new("myzone");
+    let fields: String = ["id", "local_at", "stamp", "naive"]
+        .iter()
+        .map(|c| format!("[[sync.fields]]\nleft = \"{c}\"\nright = \"{c}\"\n"))
+        .collect();
+    let cfg = format!(
+        "state = \"state.db\"\n{}[systems.b]\nkind = \"mysql\"\nurl = \"{}\"\ndatetime_zone = \"Europe/Berlin\"\n[[sync]]\nname = \"events\"\nleft = {{ system = \"a\", table = \"events\" }}\nright = {{ system = \"b\", table = \"events\" }}\n{fields}",
+        pg_system(&a),
+        b.url()
+    );
+    std::fs::write(dir.path("tandem.toml"), cfg).unwrap();
+    let c = dir.path("tandem.toml").to_str().unwrap().to_string();
+    run_once(&c);
+    // DATETIME holds Berlin's wall clock; TIMESTAMP the instant (shown here in UTC); a naive
+    // timestamp stays naive.
+    assert_eq!(
+        b.sql("SELECT id, local_at, CONVERT_TZ(stamp, @@session.time_zone, '+00:00'), naive FROM events ORDER BY id"),
+        "1\t2026-01-15 13:00:00.250\t2026-01-15 12:00:00.000\t2026-01-15 12:00:00\n2\t2026-07-15 14:00:00.000\t2026-07-15 12:00:00.000\t2026-07-15 12:00:00"
+    );
+    // Written in Berlin time on the ERP: the same instant in PostgreSQL; nothing travels back.
+    b.sql("UPDATE events SET local_at = '2026-03-29 03:30:00' WHERE id = 1");
+    run_once(&c);
+    assert_eq!(a.sql("SELECT local_at AT TIME ZONE 'UTC' FROM events WHERE id = 1"), "2026-03-29 01:30:00");
+    let again = run_once(&c);
+    let audit = text(&tandem(&["audit", "-c", &c]));
+    assert!(again.contains("0 created, 0 updated"), "{again}\n{audit}");
+    // An instant for a DATETIME of a system without a configured zone is refused, not guessed.
+    a.sql("CREATE TABLE plain (id bigint PRIMARY KEY, at timestamptz)");
+    b.sql("CREATE TABLE plain (id BIGINT PRIMARY KEY, at DATETIME)");
+    a.sql("INSERT INTO plain VALUES (1, '2026-02-01 10:00:00+00')");
+    let dir2 = TempDir::new("myzone-none");
+    let cfg2 = format!(
+        "state = \"state.db\"\n{}{}[[sync]]\nname = \"plain\"\nleft = {{ system = \"a\", table = \"plain\" }}\nright = {{ system = \"b\", table = \"plain\" }}\n[[sync.fields]]\nleft = \"id\"\nright = \"id\"\n[[sync.fields]]\nleft = \"at\"\nright = \"at\"\n",
+        pg_system(&a),
+        my_system(&b)
+    );
+    std::fs::write(dir2.path("tandem.toml"), cfg2).unwrap();
+    let c2 = dir2.path("tandem.toml").to_str().unwrap().to_string();
+    let out = run_once(&c2);
+    assert!(out.contains("1 dead letters"), "{out}");
+    let dead = text(&tandem(&["dead-letters", "-c", &c2]));
+    assert!(dead.contains("set `datetime_zone`") && dead.contains("field at"), "{dead}");
+    assert_eq!(b.sql("SELECT count(*) FROM plain"), "0");
+    // A zone the machine does not know is a config error with its line.
+    let bad = std::fs::read_to_string(&c).unwrap().replace("Europe/Berlin", "Mars/Olympus");
+    std::fs::write(&c, bad).unwrap();
+    let t = text(&tandem(&["check", "-c", &c]));
+    assert!(t.contains("Mars/Olympus") && t.contains("tandem.toml:"), "{t}");
+}

@@ -3,6 +3,8 @@
 //! `_tandem_intents` (both tables in the synced table's database).
 
 mod binlog;
+mod zone;
+pub use zone::Zone;
 pub(crate) mod codec;
 
 use crate::postgres::tls::{split_url, SslMode};
@@ -25,6 +27,8 @@ use tandem_core::value::{Key, Row, Value};
 #[derive(Clone)]
 pub struct MyUrl {
     opts: Opts,
+    /// The zone the server's `DATETIME` values mean (`datetime_zone`), if anyone said.
+    datetime_zone: Option<zone::Zone>,
 }
 
 impl std::fmt::Debug for MyUrl {
@@ -34,6 +38,13 @@ impl std::fmt::Debug for MyUrl {
 }
 
 impl MyUrl {
+    /// Says which zone the server's `DATETIME` values mean: they are then read as instants
+    /// (in UTC, as PostgreSQL shows a `timestamptz`) and instants are written in that zone.
+    pub fn with_datetime_zone(mut self, zone: Zone) -> MyUrl {
+        self.datetime_zone = Some(zone);
+        self
+    }
+
     /// Parses a URL: `sslmode` (disable, prefer, require, verify-ca, verify-full) and
     /// `sslrootcert` as for PostgreSQL. The error never repeats the URL (it may hold a password).
     pub fn parse(url: &str) -> Result<MyUrl, String> {
@@ -68,7 +79,7 @@ impl MyUrl {
                 // columns are read and written in UTC.
                 "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00', NAMES utf8mb4",
             ]);
-        Ok(MyUrl { opts: opts.into() })
+        Ok(MyUrl { opts: opts.into(), datetime_zone: None })
     }
 
     fn db(&self) -> String {
@@ -365,11 +376,33 @@ impl MyTable {
         let mut row = Row::new();
         for (i, c) in self.columns.iter().enumerate() {
             let v = r.as_ref(i).map(|v| decode(c.kind, v)).unwrap_or(Value::Null);
-            row.insert(c.name.clone(), v);
+            row.insert(c.name.clone(), self.read_temporal(c, v));
         }
         let key =
             Key::from_values(&self.key.iter().map(|k| row.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>());
         (key, row)
+    }
+
+    /// A `TIMESTAMP` (or a `DATETIME` whose zone is configured) as an instant in UTC.
+    fn read_temporal(&self, c: &MyColumn, v: Value) -> Value {
+        match (c.data_type.as_str(), &v, &self.url.datetime_zone) {
+            ("timestamp", Value::Text(t), _) => Value::Text(zone::read_instant(t, None)),
+            ("datetime", Value::Text(t), Some(z)) => Value::Text(zone::read_instant(t, Some(z))),
+            _ => v,
+        }
+    }
+
+    /// The SQL literal of a value for column `col`: instants go into `TIMESTAMP` as UTC and
+    /// into `DATETIME` as the configured zone's wall clock.
+    fn lit(&self, col: &str, v: &Value) -> Result<String, String> {
+        if let (Some(c), Value::Text(t)) = (self.column(col), v) {
+            if c.data_type == "timestamp" || c.data_type == "datetime" {
+                let wall = zone::write_instant(t, c.data_type == "timestamp", self.url.datetime_zone.as_ref())
+                    .map_err(|e| format!("column {}.{col}: the value {e}", self.table))?;
+                return literal(&Value::Text(wall));
+            }
+        }
+        literal(v)
     }
 
     fn key_literals(&self, key: &Key) -> Result<Vec<String>, ConnectorError> {
@@ -408,7 +441,7 @@ impl MyTable {
                     format!("column {}.{col} does not exist", self.table),
                 ));
             };
-            if let Err(e) = literal(v) {
+            if let Err(e) = self.lit(col, v) {
                 return Err(RowError::new(Some(col.clone()), Some(v.type_name()), e));
             }
             crate::check_length(&self.table, col, &c.column_type, v)?;
@@ -538,7 +571,7 @@ impl MyTable {
     fn update_sql(&self, key: &Key, values: &Row, expect: &Row) -> Result<String, ConnectorError> {
         let sets: Vec<String> = values
             .iter()
-            .map(|(c, v)| format!("{} = {}", ident(c), literal(v).unwrap_or_else(|_| "NULL".into())))
+            .map(|(c, v)| format!("{} = {}", ident(c), self.lit(c, v).unwrap_or_else(|_| "NULL".into())))
             .collect();
         let mut wh = vec![self.key_match(key)?];
         for (c, v) in expect {
@@ -546,7 +579,7 @@ impl MyTable {
             if self.column(c).is_some_and(|x| x.kind == Kind::Float { single: true }) {
                 continue;
             }
-            wh.push(format!("{} <=> {}", ident(c), literal(v).unwrap_or_else(|_| "NULL".into())));
+            wh.push(format!("{} <=> {}", ident(c), self.lit(c, v).unwrap_or_else(|_| "NULL".into())));
         }
         Ok(format!("UPDATE {} SET {} WHERE {}", self.qualified(), sets.join(", "), wh.join(" AND ")))
     }
@@ -577,7 +610,8 @@ impl MyTable {
             Write::Insert { intent, values } => {
                 let values = t.insert_values(values);
                 let cols: Vec<String> = values.keys().cloned().collect();
-                let lits: Vec<String> = values.values().map(|v| literal(v).unwrap_or_else(|_| "NULL".into())).collect();
+                let lits: Vec<String> =
+                    values.iter().map(|(c, v)| t.lit(c, v).unwrap_or_else(|_| "NULL".into())).collect();
                 conn.query_drop(t.insert_sql(&cols, &[lits])).await?;
                 let key = match t.key_of(&values) {
                     Some(k) => k,
@@ -635,7 +669,7 @@ impl MyTable {
         }
         let mut tuples = Vec::with_capacity(rows.len());
         for r in rows {
-            let lits: Result<Vec<String>, String> = r.values().map(literal).collect();
+            let lits: Result<Vec<String>, String> = r.iter().map(|(c, v)| t.lit(c, v)).collect();
             let Ok(lits) = lits else { return Ok(None) };
             tuples.push(lits);
         }
@@ -809,7 +843,7 @@ impl Connector for MyTable {
     }
 
     fn find(&mut self, column: &str, value: &Value, case_insensitive: bool) -> Result<Vec<(Key, Row)>, ConnectorError> {
-        let lit = literal(value).map_err(|e| ConnectorError::new(ErrorKind::Internal, e))?;
+        let lit = self.lit(column, value).map_err(|e| ConnectorError::new(ErrorKind::Internal, e))?;
         let cond = if case_insensitive && matches!(value, Value::Text(_)) {
             format!("LOWER({}) = LOWER({lit})", ident(column))
         } else {
