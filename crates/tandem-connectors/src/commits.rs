@@ -56,7 +56,7 @@ impl Commits {
 
     /// Whole transactions after `after`, up to `limit` keys (at least one transaction).
     pub(crate) fn page(&self, after: u64, limit: usize, reached: bool, open: bool) -> ChangePage {
-        let mut page = ChangePage { touched: Vec::new(), next: after, behind: !reached };
+        let mut page = ChangePage { touched: Vec::new(), next: after, behind: !reached, label: None };
         for d in self.done.iter().filter(|d| d.end > after) {
             if !page.touched.is_empty() && page.touched.len() + d.keys.len() > limit {
                 page.behind = true;

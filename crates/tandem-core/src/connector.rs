@@ -25,6 +25,9 @@ pub struct ChangePage {
     /// True when the stream had not yet caught up with the system when the page was cut:
     /// more changes may exist already, so the pair is not idle.
     pub behind: bool,
+    /// `next` as the system names it, when that says more than the number (a binlog file and
+    /// offset with the GTID there); kept in state beside the cursor, shown by `tandem status`.
+    pub label: Option<String>,
 }
 
 /// One write Tandem makes to a system.

@@ -731,6 +731,9 @@ impl<'a> Engine<'a> {
                 });
             }
             ops.push(Op::Cursor { sync: self.sync(), side, pos: page.next.max(cursor) });
+            if let Some(label) = page.label.filter(|_| page.next > cursor) {
+                ops.push(Op::Meta { sync: self.sync(), name: format!("position:{side}"), value: Some(label) });
+            }
             report.captured[side.index()] += page.touched.len() as u64;
             trims.push((side, page.next));
         }
@@ -995,7 +998,11 @@ impl<'a> Engine<'a> {
         ops.push(Op::Meta { sync: self.sync(), name: "last_sync".into(), value: Some(now.to_string()) });
         let trims = match direct {
             Some(d) => {
-                ops.extend(d.ops.into_iter().filter(|op| matches!(op, Op::Cursor { .. })));
+                ops.extend(d.ops.into_iter().filter(|op| match op {
+                    Op::Cursor { .. } => true,
+                    Op::Meta { name, .. } => name.starts_with("position:"),
+                    _ => false,
+                }));
                 d.trims
             }
             None => Vec::new(),

@@ -244,7 +244,7 @@ impl Connector for MemoryTable {
         self.gate()?;
         let touched: Vec<Touched> = self.log.iter().filter(|t| t.pos > after).take(limit).cloned().collect();
         let next = touched.last().map(|t| t.pos).unwrap_or(after);
-        Ok(ChangePage { touched, next, behind: false })
+        Ok(ChangePage { touched, next, behind: false, label: None })
     }
 
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError> {

@@ -341,6 +341,9 @@ pub fn status(path: &Path) -> Result<(), CliError> {
                 Err(e) => format!("{inbox} (+ unknown: {} is unreachable: {e})", spec.system(side)),
             };
             println!("  pending from {:<7} {pending}", format!("{}:", spec.system(side)));
+            if let Some(p) = runner.store.meta(name, &format!("position:{side}"))? {
+                println!("  {} read up to:  {p}", spec.system(side));
+            }
         }
         let last = runner.store.meta(name, "last_sync")?.and_then(|v| v.parse::<i64>().ok());
         println!("  last successful sync: {}", last.map(format::time).unwrap_or_else(|| "never".into()));

@@ -63,7 +63,7 @@ impl Connector for DryRun {
         if !self.pretended && self.inner.changes_read_only() {
             self.inner.changes(after, limit)
         } else {
-            Ok(ChangePage { touched: Vec::new(), next: after, behind: false })
+            Ok(ChangePage { touched: Vec::new(), next: after, behind: false, label: None })
         }
     }
     fn trim(&mut self, _upto: u64) -> Result<(), ConnectorError> {

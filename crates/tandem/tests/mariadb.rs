@@ -476,6 +476,10 @@ fn datetime_means_the_configured_zone_and_timestamp_is_utc_both_ways() {
     b.sql("UPDATE events SET local_at = '2026-03-29 03:30:00' WHERE id = 1");
     run_once(&c);
     assert_eq!(a.sql("SELECT local_at AT TIME ZONE 'UTC' FROM events WHERE id = 1"), "2026-03-29 01:30:00");
+    // The binlog position is kept with the GTID there.
+    let status = text(&tandem(&["status", "-c", &c]));
+    let gtid = b.sql("SELECT @@gtid_binlog_pos");
+    assert!(status.contains("b read up to:") && status.contains("(GTID ") && !gtid.is_empty(), "{status}");
     let again = run_once(&c);
     let audit = text(&tandem(&["audit", "-c", &c]));
     assert!(again.contains("0 created, 0 updated"), "{again}\n{audit}");

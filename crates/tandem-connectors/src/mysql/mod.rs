@@ -501,6 +501,24 @@ impl MyTable {
     }
 
     /// The server's current binlog position and base name.
+    /// A position as the server names it: `mariadb-bin.000003:1234`, with MariaDB's GTID
+    /// position there (`BINLOG_GTID_POS`) when the server has one.
+    fn position_label(&mut self, base: &str, position: u64) -> String {
+        let (n, offset) = split(position);
+        let file = format!("{base}.{n:06}");
+        let gtid: Option<Option<String>> = self
+            .with("reading the GTID of", {
+                let file = file.clone();
+                move |c| Box::pin(c.exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file, offset)))
+            })
+            .ok()
+            .flatten();
+        match gtid.flatten().filter(|g| !g.is_empty()) {
+            Some(g) => format!("{file}:{offset} (GTID {g})"),
+            None => format!("{file}:{offset}"),
+        }
+    }
+
     fn master(&mut self) -> Result<(String, u64), ConnectorError> {
         let row: Option<mysql_async::Row> =
             self.with("reading the binlog position of", |c| Box::pin(c.query_first("SHOW MASTER STATUS")))?;
@@ -793,15 +811,23 @@ impl Connector for MyTable {
         if self.capture.is_none() {
             let target = self.target();
             let id = server_id(&format!("{}/{}", self.url.label(), self.name));
-            let capture = self.rt.block_on(Capture::start(self.url.opts.clone(), id, base, after, target))?;
+            let capture = self.rt.block_on(Capture::start(self.url.opts.clone(), id, base.clone(), after, target))?;
             self.capture = Some(capture);
         }
         let capture = self.capture.as_mut().expect("started above");
         let page = self.rt.block_on(capture.changes(after, limit, until, Duration::from_secs(2)));
-        if page.is_err() {
-            self.stop_capture();
+        match page {
+            Ok(mut p) => {
+                if p.next > after {
+                    p.label = Some(self.position_label(&base, p.next));
+                }
+                Ok(p)
+            }
+            Err(e) => {
+                self.stop_capture();
+                Err(e)
+            }
         }
-        page
     }
 
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError> {
