@@ -169,11 +169,11 @@ pub fn redact(spec: &SyncSpec, a: &mut AuditRow) {
             }
         }
     }
-    if a.kind == "apply" {
+    if a.kind == "apply" || a.kind == "create" {
         if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str::<serde_json::Value>(&a.detail) {
             let mut changed = false;
             for f in &sensitive {
-                for c in f.left.iter().chain(&f.right) {
+                for c in f.left.iter().chain(&f.right).chain(std::iter::once(&f.name)) {
                     if let Some(v) = m.get_mut(c) {
                         *v = serde_json::json!([REDACTED, REDACTED]);
                         changed = true;
@@ -984,7 +984,11 @@ impl<'a> Engine<'a> {
                     source: Some(intent.source),
                     left_key: Some(link.left.clone()),
                     right_key: Some(link.right.clone()),
-                    detail: format!("created on {}", self.spec.system(target)),
+                    // The fields the new record got (a create is the first "before → after").
+                    detail: serde_json::Value::Object(
+                        intent.base.iter().map(|(f, v)| (f.clone(), serde_json::json!([null, v.to_json()]))).collect(),
+                    )
+                    .to_string(),
                     ..self.audit_base()
                 }));
                 ops.push(Op::PutLink { sync: self.sync(), link });

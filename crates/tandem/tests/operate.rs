@@ -245,9 +245,9 @@ fn the_admin_api_needs_the_token_and_lets_an_operator_see_and_fix_what_tandem_di
 
     // Dead letters: the ERP refuses two records; one is retried after the policy changes, the
     // other discarded.
-    a.execute_batch(
-        "INSERT INTO people (id, name, email, tier) VALUES (3, 'Grace', 'blocked-grace@x', 'gold'), (4, 'Edsger', 'blocked-ed@x', 'gold');",
-    )
+    a.execute_batch(&format!(
+        "INSERT INTO people (id, name, email, note, tier) VALUES (3, 'Grace', 'blocked-grace@x', '{CANARY}-grace', 'gold'), (4, 'Edsger', 'blocked-ed@x', NULL, 'gold');"
+    ))
     .unwrap();
     srv.until("two dead letters", || srv.json("GET", "/api/dead-letters", None).as_array().unwrap().len() == 2);
     let dead = srv.json("GET", "/api/dead-letters", None);
