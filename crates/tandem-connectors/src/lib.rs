@@ -55,7 +55,8 @@ pub(crate) fn check_required<'a>(
 /// The declared character length of a `varchar(n)`/`char(n)` column type
 /// (`character varying(20)` in PostgreSQL's words, `varchar(20)` in MariaDB's).
 fn declared_length(type_name: &str) -> Option<usize> {
-    let t = type_name.trim().to_ascii_lowercase();
+    // Both servers spell their types in lower case.
+    let t = type_name.trim();
     let rest = ["character varying(", "varchar(", "character(", "char("].iter().find_map(|p| t.strip_prefix(p))?;
     rest.split(')').next()?.trim().parse().ok()
 }

@@ -301,6 +301,21 @@ impl SqliteStore {
                     .execute(p)?;
                 }
             }
+            Op::NewLink { sync, link } => {
+                let pending = (!link.pending.iter().all(Row::is_empty))
+                    .then(|| format!("[{},{}]", row_to_json(&link.pending[0]), row_to_json(&link.pending[1])));
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    sync,
+                    link.left.as_str(),
+                    link.right.as_str(),
+                    row_to_json(&link.base),
+                    link.tombstone.map(Side::as_str),
+                    pending
+                ])?;
+            }
             Op::DropLink { sync, left } => {
                 tx.prepare_cached("DELETE FROM links WHERE sync = ?1 AND left_key = ?2")?
                     .execute(params![sync, left.as_str()])?;

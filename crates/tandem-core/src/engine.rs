@@ -627,7 +627,7 @@ impl<'a> Engine<'a> {
                 };
                 left.push(l.as_str().to_string());
                 let link = Link { left: l, right: r, base, tombstone: None, pending: Default::default() };
-                ops.push(Op::PutLink { sync: sync.clone(), link });
+                ops.push(Op::NewLink { sync: sync.clone(), link });
             }
             let p = BulkPending { id: id.clone(), next: next.clone(), left };
             let text = serde_json::to_string(&p).expect("a pending batch encodes");
@@ -986,7 +986,12 @@ impl<'a> Engine<'a> {
                     right_key: Some(link.right.clone()),
                     // The fields the new record got (a create is the first "before → after").
                     detail: serde_json::Value::Object(
-                        intent.base.iter().map(|(f, v)| (f.clone(), serde_json::json!([null, v.to_json()]))).collect(),
+                        intent
+                            .base
+                            .iter()
+                            .filter(|(_, v)| !v.is_null())
+                            .map(|(f, v)| (f.clone(), serde_json::json!([null, v.to_json()])))
+                            .collect(),
                     )
                     .to_string(),
                     ..self.audit_base()

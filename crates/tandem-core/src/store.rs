@@ -157,6 +157,9 @@ pub enum Op {
     Untouch { sync: String, side: Side, key: Key },
     /// Insert or replace the link with this left or right key.
     PutLink { sync: String, link: Link },
+    /// A link for records that had none (a bulk load): the same as `PutLink`, without first
+    /// looking for a link to update.
+    NewLink { sync: String, link: Link },
     /// Remove a link by its left key.
     DropLink { sync: String, left: Key },
     /// Announce a create.
@@ -269,7 +272,7 @@ impl MemoryStore {
             Op::Untouch { sync, side, key } => {
                 self.inbox.remove(&(sync, side, key));
             }
-            Op::PutLink { sync, link } => {
+            Op::PutLink { sync, link } | Op::NewLink { sync, link } => {
                 self.links.retain(|(s, _), l| !(s == &sync && (l.left == link.left || l.right == link.right)));
                 self.links.insert((sync, link.left.clone()), link);
             }
