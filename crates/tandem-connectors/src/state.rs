@@ -455,28 +455,43 @@ fn audit_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
 }
 
 /// The hash of an audit row chained to the one before: SHA-256 over the previous hash and
-/// every field of the row (not its id, which SQLite assigns), hex-encoded.
+/// every field of the row (not its id, which SQLite assigns), each field length-prefixed so no
+/// two rows hash the same input; hex-encoded.
 fn audit_hash(prev: &str, a: &AuditRow) -> String {
     use sha2::{Digest, Sha256};
-    let fields = serde_json::json!([
-        prev,
-        a.at,
-        a.sync,
-        a.kind,
-        a.source.map(Side::as_str),
-        a.left_key.as_ref().map(Key::as_str),
-        a.right_key.as_ref().map(Key::as_str),
-        a.field,
-        a.base.as_ref().map(enc),
-        a.left.as_ref().map(enc),
-        a.right.as_ref().map(enc),
-        a.winner.map(Side::as_str),
-        a.rule,
-        a.detail,
-        a.position,
-    ]);
-    let digest = Sha256::digest(fields.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut h = Sha256::new();
+    let mut field = |v: Option<&str>| match v {
+        None => h.update([0u8]),
+        Some(t) => {
+            h.update([1u8]);
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+    };
+    let (base, left, right) = (a.base.as_ref().map(enc), a.left.as_ref().map(enc), a.right.as_ref().map(enc));
+    let (at, position) = (a.at.to_string(), a.position.map(|p| p.to_string()));
+    field(Some(prev));
+    field(Some(&at));
+    field(Some(&a.sync));
+    field(Some(&a.kind));
+    field(a.source.map(Side::as_str));
+    field(a.left_key.as_ref().map(Key::as_str));
+    field(a.right_key.as_ref().map(Key::as_str));
+    field(a.field.as_deref());
+    field(base.as_deref());
+    field(left.as_deref());
+    field(right.as_deref());
+    field(a.winner.map(Side::as_str));
+    field(a.rule.as_deref());
+    field(Some(&a.detail));
+    field(position.as_deref());
+    let digest = h.finalize();
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
+    }
+    out
 }
 
 /// What `tandem audit verify` found.
