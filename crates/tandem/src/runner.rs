@@ -308,6 +308,15 @@ pub fn open_entity(cfg: &Config, i: usize, side: Side) -> Result<Box<dyn Connect
     Ok(match &cfg.systems[&ent.system] {
         System::Sqlite { path } => Box::new(SqliteTable::open(path, &ent.table, &ent.key)?),
         System::Postgres { url } => Box::new(PgTable::open(url, &ent.table, &ent.key, &spec.name, side.as_str())?),
-        System::Mysql { url } => Box::new(MyTable::open(url, &ent.table, &ent.key, &spec.name, side.as_str())?),
+        System::Mysql { url } => {
+            let mut t = MyTable::open(url, &ent.table, &ent.key, &spec.name, side.as_str())?;
+            let mapped: Vec<String> = spec
+                .fields
+                .iter()
+                .flat_map(|f| if side == Side::Left { f.left.clone() } else { f.right.clone() })
+                .collect();
+            t.keep_mapped_stamps(&mapped);
+            Box::new(t)
+        }
     })
 }

@@ -98,6 +98,11 @@ fn crm_and_erp_stay_in_sync_by_their_rules() {
     let audit = x.tandem(&["audit"]);
     assert!(audit.contains("rule merge_lines") && audit.contains("erp wins by rule latest"), "{audit}");
 
+    // A CRM edit Tandem writes to the ERP a second or more after the ERP's stamp was synced.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    x.crm.sql("UPDATE contacts SET phone = '+44 20 7946 0000' WHERE email_address = 'alan@bletchley.example'");
+    x.tandem(&["run", "--once"]);
+
     // Deletes: the CRM's propagate, the ERP's are soft in the CRM, and so is is_active = 0.
     x.crm.sql("DELETE FROM contacts WHERE email_address = 'alan@bletchley.example'");
     x.erp.sql("DELETE FROM customers WHERE user_email = 'grace@navy.example'");
@@ -108,6 +113,10 @@ fn crm_and_erp_stay_in_sync_by_their_rules() {
     assert_eq!(x.contact("emmy@goettingen.example", "active"), "f");
     assert_eq!(x.contact("ada@analytical.example", "active"), "t");
     assert_eq!(x.crm.sql("SELECT count(*) FROM contacts"), "3");
+    // Tandem's own writes to the ERP did not move its ON UPDATE stamp (a mapped column): no
+    // phantom ERP change made a delete "win" over it.
+    let audit = x.tandem(&["audit"]);
+    assert!(!audit.contains("delete_wins"), "{audit}");
 
     // Settled: another run changes nothing anywhere.
     let out = x.tandem(&["run", "--once"]);

@@ -107,6 +107,8 @@ pub struct MyColumn {
     pub has_default: bool,
     /// AUTO_INCREMENT.
     pub auto_increment: bool,
+    /// `ON UPDATE CURRENT_TIMESTAMP`: the server sets it on every update that leaves it out.
+    pub on_update: bool,
     /// Position in the primary key (1-based), 0 when not part of it.
     pub pk: i64,
     kind: Kind,
@@ -183,6 +185,7 @@ async fn columns(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<MyColumn>
         .into_iter()
         .map(|(name, data_type, column_type, nullable, default, extra, pk)| {
             let auto_increment = extra.contains("auto_increment");
+            let on_update = extra.to_ascii_lowercase().contains("on update");
             MyColumn {
                 kind: Kind::of(&data_type, &column_type),
                 name,
@@ -191,6 +194,7 @@ async fn columns(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<MyColumn>
                 not_null: nullable == "NO",
                 has_default: auto_increment || default.is_some(),
                 auto_increment,
+                on_update,
                 pk: pk.unwrap_or(0),
             }
         })
@@ -271,6 +275,8 @@ pub struct MyTable {
     /// The spacing of AUTO_INCREMENT ids when one multi-row insert gets consecutive ids
     /// (`innodb_autoinc_lock_mode` 0 or 1); `None` when it may not (mode 2).
     id_step: Option<i64>,
+    /// Mapped columns the server would stamp on update (see [`MyTable::keep_mapped_stamps`]).
+    pinned: Vec<String>,
 }
 
 /// A replica server id for a stream name, away from the small ids servers use.
@@ -324,7 +330,16 @@ impl MyTable {
             name: format!("{sync}:{side}:{table}"),
             capture: None,
             id_step,
+            pinned: Vec::new(),
         })
+    }
+
+    /// Says which columns the sync maps. A mapped column the server stamps on every update
+    /// (`ON UPDATE CURRENT_TIMESTAMP`) keeps its value in Tandem's updates unless Tandem writes
+    /// it: otherwise each write of Tandem's would change a synced value behind its back.
+    pub fn keep_mapped_stamps(&mut self, mapped: &[String]) {
+        self.pinned =
+            self.columns.iter().filter(|c| c.on_update && mapped.contains(&c.name)).map(|c| c.name.clone()).collect();
     }
 
     fn label(&self) -> String {
@@ -587,10 +602,11 @@ impl MyTable {
 
     /// The UPDATE of one record, guarded by the values the engine read (`expect`).
     fn update_sql(&self, key: &Key, values: &Row, expect: &Row) -> Result<String, ConnectorError> {
-        let sets: Vec<String> = values
+        let mut sets: Vec<String> = values
             .iter()
             .map(|(c, v)| format!("{} = {}", ident(c), self.lit(c, v).unwrap_or_else(|_| "NULL".into())))
             .collect();
+        sets.extend(self.pinned.iter().filter(|c| !values.contains_key(*c)).map(|c| format!("{0} = {0}", ident(c))));
         let mut wh = vec![self.key_match(key)?];
         for (c, v) in expect {
             // Single-precision floats do not compare exactly with their text.
