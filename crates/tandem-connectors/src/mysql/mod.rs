@@ -277,6 +277,8 @@ pub struct MyTable {
     id_step: Option<i64>,
     /// Mapped columns the server would stamp on update (see [`MyTable::keep_mapped_stamps`]).
     pinned: Vec<String>,
+    /// The connection holding the consistent-read snapshot of a running initial load.
+    snapshot: Option<Conn>,
 }
 
 /// A replica server id for a stream name, away from the small ids servers use.
@@ -331,6 +333,7 @@ impl MyTable {
             capture: None,
             id_step,
             pinned: Vec::new(),
+            snapshot: None,
         })
     }
 
@@ -881,7 +884,42 @@ impl Connector for MyTable {
             self.qualified(),
             cols.join(", ")
         );
-        self.query_rows("scanning", sql)
+        // The pages of a load are read in one consistent-read snapshot, taken at the first page
+        // (or at the first page after a restart), on a connection of its own; the binlog
+        // position it corresponds to is at or after the capture position set before the load,
+        // so changes made meanwhile are captured and merged (nothing is missed, and a record read
+        // twice is merged, not doubled).
+        let label = self.label();
+        let fail = |e| my_err(format_args!("scanning {label} in a snapshot"), e);
+        if after.is_none() || self.snapshot.is_none() {
+            self.snapshot = None;
+            let mut c = self.rt.block_on(Conn::new(self.url.opts.clone())).map_err(fail)?;
+            let position: Result<Vec<(String, String)>, _> = self.rt.block_on(async {
+                c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ").await?;
+                c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
+                c.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await
+            });
+            let position = position.map_err(fail)?;
+            tracing::debug!(table = %self.table, ?position, "initial load reads a consistent snapshot");
+            self.snapshot = Some(c);
+        }
+        let conn = self.snapshot.as_mut().expect("opened above");
+        let rows: Result<Vec<mysql_async::Row>, _> = self.rt.block_on(conn.query(sql));
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                self.snapshot = None;
+                return Err(fail(e));
+            }
+        };
+        let page: Vec<(Key, Row)> = rows.iter().map(|r| self.row_from(r)).collect();
+        if page.len() < limit {
+            // The load of this side is done: let the snapshot go.
+            if let Some(mut c) = self.snapshot.take() {
+                let _ = self.rt.block_on(c.query_drop("COMMIT"));
+            }
+        }
+        Ok(page)
     }
 
     fn find(&mut self, column: &str, value: &Value, case_insensitive: bool) -> Result<Vec<(Key, Row)>, ConnectorError> {
@@ -1198,6 +1236,37 @@ impl Connector for MyTable {
 mod tests {
     use super::binlog::file_number;
     use super::*;
+
+    /// Against the machine's MariaDB (scripts/mariadb-setup), in a database of its own.
+    #[test]
+    fn an_initial_load_reads_one_consistent_snapshot() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let db = format!("tandem_t_snapshot_{}", std::process::id());
+        let server = MyUrl::parse("mysql://root@127.0.0.1:3306/mysql").unwrap();
+        let mut admin = rt.block_on(Conn::new(server.opts.clone())).unwrap();
+        let run = |c: &mut Conn, sql: String| rt.block_on(c.query_drop(sql)).unwrap();
+        run(&mut admin, format!("DROP DATABASE IF EXISTS {db}"));
+        run(&mut admin, format!("CREATE DATABASE {db}"));
+        run(&mut admin, format!("CREATE TABLE {db}.t (id INT PRIMARY KEY, v TEXT)"));
+        run(&mut admin, format!("INSERT INTO {db}.t SELECT seq, 'original' FROM seq_1_to_10"));
+        let url = MyUrl::parse(&format!("mysql://root@127.0.0.1:3306/{db}")).unwrap();
+        let mut t = MyTable::open(&url, "t", &["id".to_string()], "s", "left").unwrap();
+        let ids = |page: &[(Key, Row)]| page.iter().map(|(k, _)| k.as_str().to_string()).collect::<Vec<_>>();
+        let first = t.scan(None, 5).unwrap();
+        assert_eq!(ids(&first), ["[1]", "[2]", "[3]", "[4]", "[5]"]);
+        // Written after the load began: not in the load's pages (capture brings them).
+        run(&mut admin, format!("UPDATE {db}.t SET v = 'changed' WHERE id = 7"));
+        run(&mut admin, format!("INSERT INTO {db}.t VALUES (11, 'new')"));
+        let second = t.scan(first.last().map(|(k, _)| k), 5).unwrap();
+        assert_eq!(second[1].1.get("v"), Some(&Value::Text("original".into())), "read outside the snapshot");
+        let third = t.scan(second.last().map(|(k, _)| k), 5).unwrap();
+        assert!(third.is_empty(), "a row inserted after the snapshot was read: {third:?}");
+        // The load is done; a new one sees the present.
+        let again = t.scan(None, 20).unwrap();
+        assert_eq!(again.len(), 11);
+        drop(t);
+        run(&mut admin, format!("DROP DATABASE {db}"));
+    }
 
     #[test]
     fn positions_order_across_files() {
