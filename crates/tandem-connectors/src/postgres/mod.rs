@@ -141,6 +141,8 @@ pub struct PgTable {
     /// on the current one: (after, limit, the query). Dropped when a change to the table is
     /// captured or applied meanwhile, so a page is never older than a change already handled.
     read_ahead: Option<ReadAhead>,
+    /// The connection holding the snapshot a running initial load reads its pages in.
+    snapshot: Option<Arc<tokio_postgres::Client>>,
     /// Rows being read for the engine's next `read` (see `Connector::prefetch`).
     prefetched: Option<(Vec<Key>, Pending)>,
     decode: Arc<Decode>,
@@ -445,6 +447,7 @@ impl PgTable {
             origin_ready: false,
             capture: None,
             read_ahead: None,
+            snapshot: None,
             prefetched: None,
             decode,
         })
@@ -1105,25 +1108,50 @@ impl Connector for PgTable {
     fn scan(&mut self, after: Option<&Key>, limit: usize) -> Result<Vec<(Key, Row)>, ConnectorError> {
         let label = self.label();
         let fail = |e| pg_err(format_args!("scanning {label}"), e);
+        // The pages of a load are read in one snapshot (REPEATABLE READ, read only) on a
+        // connection of its own, taken at the first page (or the first after a restart). The
+        // slot was created before the load, so its position is at or before the snapshot:
+        // changes made meanwhile are streamed and merged, none is missed or doubled.
+        if after.is_none() || self.snapshot.is_none() {
+            self.read_ahead = None;
+            self.snapshot = None;
+            let url = self.url.clone();
+            let client = self.block(async move {
+                let c = connect(&url).await?;
+                c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(|e| pg_err("starting the load's snapshot", e))?;
+                Ok::<_, ConnectorError>(c)
+            })?;
+            self.snapshot = Some(Arc::new(client));
+        }
+        let client = self.snapshot.clone().expect("opened above");
         let rows = match self.read_ahead.take() {
             Some((a, l, task)) if a.as_ref() == after && l == limit => {
-                self.block(task).unwrap_or_else(|e| panic!("the read-ahead task failed: {e}")).map_err(fail)?
+                self.block(task).unwrap_or_else(|e| panic!("the read-ahead task failed: {e}"))
             }
-            _ => self
-                .block(scan_page(
-                    self.client.clone(),
-                    self.scan_sql(after.is_some(), limit),
-                    after.cloned(),
-                    self.decode.clone(),
-                ))
-                .map_err(fail)?,
+            _ => self.block(scan_page(
+                client.clone(),
+                self.scan_sql(after.is_some(), limit),
+                after.cloned(),
+                self.decode.clone(),
+            )),
         };
-        let page = rows;
+        let page = match rows {
+            Ok(p) => p,
+            Err(e) => {
+                self.snapshot = None;
+                return Err(fail(e));
+            }
+        };
         if page.len() == limit {
             let last = page.last().map(|(k, _)| k.clone());
             let sql = self.scan_sql(true, limit);
-            let task = self.rt.spawn(scan_page(self.client.clone(), sql, last.clone(), self.decode.clone()));
+            let task = self.rt.spawn(scan_page(client, sql, last.clone(), self.decode.clone()));
             self.read_ahead = Some((last, limit, task));
+        } else if let Some(c) = self.snapshot.take() {
+            // The load of this side is done: let the snapshot go.
+            let _ = self.block(c.batch_execute("COMMIT"));
         }
         Ok(page)
     }
@@ -1413,5 +1441,38 @@ impl Connector for PgTable {
         })
         .map_err(|e| pg_err("removing capture", e))?;
         Ok(format!("removed slot {slot}, publication {publication} and origin {slot} from {}", self.label()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the machine's PostgreSQL (scripts/pg-setup), in a database of its own.
+    #[test]
+    fn an_initial_load_reads_one_snapshot() {
+        let rt = runtime().unwrap();
+        let db = format!("tandem_t_snapshot_{}", std::process::id());
+        let admin_url = PgUrl::parse("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable").unwrap();
+        let admin = rt.block_on(connect(&admin_url)).unwrap();
+        let run = |c: &tokio_postgres::Client, sql: String| rt.block_on(c.batch_execute(&sql)).unwrap();
+        run(&admin, format!("DROP DATABASE IF EXISTS {db}"));
+        run(&admin, format!("CREATE DATABASE {db}"));
+        let url = PgUrl::parse(&format!("postgres://postgres@127.0.0.1:5432/{db}?sslmode=disable")).unwrap();
+        let other = rt.block_on(connect(&url)).unwrap();
+        run(&other, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'original' FROM generate_series(1, 10) g".into());
+        let mut t = PgTable::open(&url, "t", &["id".to_string()], "s", "left").unwrap();
+        let first = t.scan(None, 5).unwrap();
+        assert_eq!(first.len(), 5);
+        // Written after the load began: not in the load's pages (the slot brings them).
+        run(&other, "UPDATE t SET v = 'changed' WHERE id = 7; INSERT INTO t VALUES (11, 'new')".into());
+        let second = t.scan(first.last().map(|(k, _)| k), 5).unwrap();
+        assert_eq!(second[1].1.get("v"), Some(&Value::Text("original".into())), "read outside the snapshot");
+        let third = t.scan(second.last().map(|(k, _)| k), 5).unwrap();
+        assert!(third.is_empty(), "a row inserted after the snapshot was read: {third:?}");
+        assert_eq!(t.scan(None, 20).unwrap().len(), 11, "a new load sees the present");
+        drop(t);
+        drop(other);
+        run(&admin, format!("DROP DATABASE {db} WITH (FORCE)"));
     }
 }
