@@ -1245,8 +1245,20 @@ mod tests {
         let server = MyUrl::parse("mysql://root@127.0.0.1:3306/mysql").unwrap();
         let mut admin = rt.block_on(Conn::new(server.opts.clone())).unwrap();
         let run = |c: &mut Conn, sql: String| rt.block_on(c.query_drop(sql)).unwrap();
-        run(&mut admin, format!("DROP DATABASE IF EXISTS {db}"));
         run(&mut admin, format!("CREATE DATABASE {db}"));
+        /// Drops the test's database however the test ends.
+        struct Cleanup(MyUrl, String);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let (url, db) = (self.0.opts.clone(), self.1.clone());
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    let _ = rt.block_on(async move {
+                        Conn::new(url).await?.query_drop(format!("DROP DATABASE IF EXISTS {db}")).await
+                    });
+                }
+            }
+        }
+        let _cleanup = Cleanup(server.clone(), db.clone());
         run(&mut admin, format!("CREATE TABLE {db}.t (id INT PRIMARY KEY, v TEXT)"));
         run(&mut admin, format!("INSERT INTO {db}.t SELECT seq, 'original' FROM seq_1_to_10"));
         let url = MyUrl::parse(&format!("mysql://root@127.0.0.1:3306/{db}")).unwrap();
@@ -1264,8 +1276,6 @@ mod tests {
         // The load is done; a new one sees the present.
         let again = t.scan(None, 20).unwrap();
         assert_eq!(again.len(), 11);
-        drop(t);
-        run(&mut admin, format!("DROP DATABASE {db}"));
     }
 
     #[test]

@@ -1456,8 +1456,24 @@ mod tests {
         let admin_url = PgUrl::parse("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable").unwrap();
         let admin = rt.block_on(connect(&admin_url)).unwrap();
         let run = |c: &tokio_postgres::Client, sql: String| rt.block_on(c.batch_execute(&sql)).unwrap();
-        run(&admin, format!("DROP DATABASE IF EXISTS {db}"));
         run(&admin, format!("CREATE DATABASE {db}"));
+        /// Drops the test's database however the test ends.
+        struct Cleanup(PgUrl, String);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let (url, db) = (self.0.clone(), self.1.clone());
+                if let Ok(rt) = runtime() {
+                    let _ = rt.block_on(async move {
+                        connect(&url)
+                            .await?
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                            .await
+                            .map_err(|e| pg_err("dropping", e))
+                    });
+                }
+            }
+        }
+        let _cleanup = Cleanup(admin_url.clone(), db.clone());
         let url = PgUrl::parse(&format!("postgres://postgres@127.0.0.1:5432/{db}?sslmode=disable")).unwrap();
         let other = rt.block_on(connect(&url)).unwrap();
         run(&other, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'original' FROM generate_series(1, 10) g".into());
@@ -1471,8 +1487,6 @@ mod tests {
         let third = t.scan(second.last().map(|(k, _)| k), 5).unwrap();
         assert!(third.is_empty(), "a row inserted after the snapshot was read: {third:?}");
         assert_eq!(t.scan(None, 20).unwrap().len(), 11, "a new load sees the present");
-        drop(t);
-        drop(other);
-        run(&admin, format!("DROP DATABASE {db} WITH (FORCE)"));
+        drop((t, other));
     }
 }
