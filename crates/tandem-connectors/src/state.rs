@@ -191,6 +191,19 @@ impl SqliteStore {
         Ok(n as u64)
     }
 
+    /// How many conflicts of a sync are open, and how many dead letters it has (for status
+    /// displays, without reading them).
+    pub fn open_counts(&mut self, sync: &str) -> Result<(u64, u64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM conflicts WHERE sync = ?1 AND resolution IS NULL),
+                        (SELECT count(*) FROM dead_letters WHERE sync = ?1)",
+                params![sync],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(|e| err("counting conflicts and dead letters", e))
+    }
+
     /// The oldest change time of a side's records waiting in the inbox (captured changes only).
     pub fn inbox_oldest(&mut self, sync: &str, s: Side) -> Result<Option<i64>, StoreError> {
         self.conn

@@ -236,8 +236,7 @@ impl Runner {
             }
             let h = &self.health[i];
             let linked = self.store.link_count(&name)?;
-            let conflicts_open = self.store.conflicts(Some(&name), true)?.len() as u64;
-            let dead_letters = self.store.dead_letters(Some(&name))?.len() as u64;
+            let (conflicts_open, dead_letters) = self.store.open_counts(&name)?;
             let last_sync_ms = self.store.meta(&name, "last_sync")?.and_then(|v| v.parse::<i64>().ok());
             let initial_load = self.store.meta(&name, "snapshot:left")?.is_some()
                 || self.store.meta(&name, "snapshot:right")?.is_some();
