@@ -288,47 +288,8 @@ impl SqliteStore {
                     key.as_str()
                 ])?;
             }
-            Op::PutLink { sync, link } => {
-                // Most puts give an existing link a new base: update it in place (no index
-                // changes). Otherwise OR REPLACE removes a link holding either key (primary
-                // key or unique right key) and inserts this one.
-                let pending = (!link.pending.iter().all(Row::is_empty))
-                    .then(|| format!("[{},{}]", row_to_json(&link.pending[0]), row_to_json(&link.pending[1])));
-                let p = params![
-                    sync,
-                    link.left.as_str(),
-                    link.right.as_str(),
-                    row_to_json(&link.base),
-                    link.tombstone.map(Side::as_str),
-                    pending
-                ];
-                let updated = tx
-                    .prepare_cached(
-                        "UPDATE links SET base = ?4, tombstone = ?5, pending = ?6 WHERE sync = ?1 AND left_key = ?2 AND right_key = ?3",
-                    )?
-                    .execute(p)?;
-                if updated == 0 {
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(p)?;
-                }
-            }
-            Op::NewLink { sync, link } => {
-                let pending = (!link.pending.iter().all(Row::is_empty))
-                    .then(|| format!("[{},{}]", row_to_json(&link.pending[0]), row_to_json(&link.pending[1])));
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    sync,
-                    link.left.as_str(),
-                    link.right.as_str(),
-                    row_to_json(&link.base),
-                    link.tombstone.map(Side::as_str),
-                    pending
-                ])?;
-            }
+            Op::PutLink { sync, link } => Self::put_link(tx, &sync, &link, true)?,
+            Op::NewLink { sync, link } => Self::put_link(tx, &sync, &link, false)?,
             Op::DropLink { sync, left } => {
                 tx.prepare_cached("DELETE FROM links WHERE sync = ?1 AND left_key = ?2")?
                     .execute(params![sync, left.as_str()])?;
@@ -370,6 +331,37 @@ impl SqliteStore {
                         .execute(params![sync, name])?;
                 }
             },
+        }
+        Ok(())
+    }
+
+    /// Writes a link. Most puts give an existing link a new base: with `update_first` it is
+    /// updated in place (no index changes). Otherwise, or when there was none, OR REPLACE
+    /// removes a link holding either key (primary key or unique right key) and inserts this one.
+    fn put_link(tx: &rusqlite::Transaction<'_>, sync: &str, link: &Link, update_first: bool) -> rusqlite::Result<()> {
+        let pending = (!link.pending.iter().all(Row::is_empty))
+            .then(|| format!("[{},{}]", row_to_json(&link.pending[0]), row_to_json(&link.pending[1])));
+        let p = params![
+            sync,
+            link.left.as_str(),
+            link.right.as_str(),
+            row_to_json(&link.base),
+            link.tombstone.map(Side::as_str),
+            pending
+        ];
+        let updated = if update_first {
+            tx.prepare_cached(
+                "UPDATE links SET base = ?4, tombstone = ?5, pending = ?6 WHERE sync = ?1 AND left_key = ?2 AND right_key = ?3",
+            )?
+            .execute(p)?
+        } else {
+            0
+        };
+        if updated == 0 {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO links (sync, left_key, right_key, base, tombstone, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(p)?;
         }
         Ok(())
     }

@@ -503,14 +503,10 @@ fn history(shared: &Shared, sync: Option<&String>) -> Json {
     json!(out)
 }
 
-fn value_json(v: &Value) -> Json {
-    v.to_json()
-}
-
 fn conflict_json(cfg: &Config, c: &tandem_core::store::Conflict) -> Json {
     let spec = cfg.syncs.iter().find(|s| s.name == c.sync);
     let sensitive = spec.is_some_and(|s| s.sensitive.contains(&c.field));
-    let shown = |v: &Value| if sensitive { json!(REDACTED) } else { value_json(v) };
+    let shown = |v: &Value| if sensitive { json!(REDACTED) } else { v.to_json() };
     let sys = |side: Side| spec.map(|s| s.system(side).to_string()).unwrap_or_else(|| side.to_string());
     json!({
         "id": c.id,
@@ -545,9 +541,9 @@ fn audit_json(cfg: &Config, a: &AuditRow) -> Json {
         "left_key": a.left_key.as_ref().map(|k| k.as_str().to_string()),
         "right_key": a.right_key.as_ref().map(|k| k.as_str().to_string()),
         "field": a.field,
-        "base": a.base.as_ref().map(value_json),
-        "left": a.left.as_ref().map(value_json),
-        "right": a.right.as_ref().map(value_json),
+        "base": a.base.as_ref().map(Value::to_json),
+        "left": a.left.as_ref().map(Value::to_json),
+        "right": a.right.as_ref().map(Value::to_json),
         "winner": a.winner.map(Side::as_str),
         "rule": a.rule,
         "position": a.position,

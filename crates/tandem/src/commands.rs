@@ -160,9 +160,6 @@ fn serve(runner: &mut Runner, req: crate::admin::OperatorRequest) {
         runner.cfg.syncs.iter().position(|s| s.name == name).ok_or_else(|| format!("no sync named `{name}`"))
     };
     let answer: Result<serde_json::Value, String> = match req.action {
-        Action::Pause(name) | Action::Resume(name) if find(runner, &name).is_err() => {
-            Err(format!("no sync named `{name}`"))
-        }
         Action::Pause(name) => find(runner, &name).and_then(|i| {
             runner.set_paused(i, true).map_err(|e| e.to_string())?;
             tracing::warn!(sync = %name, "paused by an operator");
