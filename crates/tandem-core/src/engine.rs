@@ -11,7 +11,7 @@ use crate::mapping::{Flow, Side};
 use crate::merge::{merge, Decision};
 use crate::rules::{DeleteRule, OnPositionLost, SyncSpec};
 use crate::store::{AuditRow, Conflict, DeadLetter, InboxEntry, Intent, Link, Op, StateStore, StoreError};
-use crate::value::{Key, Row, Value};
+use crate::value::{row_from_json_value, row_to_json, Key, Row, Value};
 use std::collections::{HashMap, HashSet};
 
 /// An engine step failed; the step's effects were not committed and it is retried.
@@ -250,10 +250,39 @@ struct GroupPlan {
     ops_always: Vec<Op>,
     /// A create waiting for its generated key.
     create: Option<Intent>,
+    /// The values this group's updates write, per side (see [`Link::pending`]), by left key.
+    pending: Option<(Key, [Row; 2])>,
     /// The side whose change this group carries, for dead letters.
     source: Option<(Side, Key)>,
     /// Counts for the report, applied when the group succeeds.
     report: Report,
+}
+
+/// The meta entry holding, while a batch writes, the values it writes to each record (left key
+/// → `[left, right]` canonical values): one entry for the batch instead of a rewrite of each
+/// record's link before the writes. After a crash, [`Engine::recover`] moves them into the
+/// links' [`Link::pending`].
+const PENDING: &str = "pending_writes";
+
+fn pending_to_json(pending: &[&(Key, [Row; 2])]) -> String {
+    let mut out = String::from("[");
+    for (i, (left, [l, r])) in pending.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let key = serde_json::to_string(left.as_str()).expect("a key encodes");
+        out.push_str(&format!("[{key},{},{}]", row_to_json(l), row_to_json(r)));
+    }
+    out.push(']');
+    out
+}
+
+fn pending_from_json(text: &str) -> Option<Vec<(Key, [Row; 2])>> {
+    let items: Vec<(String, serde_json::Value, serde_json::Value)> = serde_json::from_str(text).ok()?;
+    items
+        .into_iter()
+        .map(|(k, l, r)| Some((Key::parse(&k)?, [row_from_json_value(&l), row_from_json_value(&r)])))
+        .collect()
 }
 
 impl<'a> Engine<'a> {
@@ -441,6 +470,20 @@ impl<'a> Engine<'a> {
 
     /// Finishes or abandons creates that were announced but not confirmed.
     fn recover(&mut self) -> Result<(), EngineError> {
+        if let Some(text) = self.store.meta(&self.spec.name, PENDING)? {
+            // A batch was cut short between recording what it writes and its outcome: the
+            // records keep what it was writing until their next merge.
+            let mut ops = Vec::new();
+            for (left, pending) in
+                pending_from_json(&text).ok_or_else(|| EngineError::Request(format!("state: unreadable {PENDING}")))?
+            {
+                if let Some(link) = self.store.link(&self.spec.name, Side::Left, &left)? {
+                    ops.push(Op::PutLink { sync: self.sync(), link: Link { pending, ..link } });
+                }
+            }
+            ops.push(Op::Meta { sync: self.sync(), name: PENDING.into(), value: None });
+            self.commit(ops)?;
+        }
         for side in [Side::Left, Side::Right] {
             let Some(text) = self.store.meta(&self.spec.name, &format!("bulk_pending:{side}"))? else { continue };
             let pending: BulkPending = serde_json::from_str(&text)
@@ -860,8 +903,12 @@ impl<'a> Engine<'a> {
         }
 
         let mut first: Vec<Op> = Vec::new();
+        let mut pending: Vec<&(Key, [Row; 2])> = Vec::new();
         for p in &mut plans {
             first.append(&mut p.ops_first);
+        }
+        for p in &plans {
+            pending.extend(&p.pending);
             if let Some(intent) = &p.create {
                 first.push(Op::PutIntent { sync: self.sync(), intent: intent.clone() });
             }
@@ -873,13 +920,17 @@ impl<'a> Engine<'a> {
                 _ => None,
             })
             .collect();
+        let recorded = !pending.is_empty();
+        if recorded {
+            first.push(Op::Meta { sync: self.sync(), name: PENDING.into(), value: Some(pending_to_json(&pending)) });
+        }
+        drop(pending);
         if !first.is_empty() {
             self.commit(first)?;
         }
         for rule in decided {
             *report.rules.entry(rule).or_default() += 1;
         }
-
         let mut results: Vec<Vec<Result<Key, RowError>>> = plans.iter().map(|_| Vec::new()).collect();
         let mut owners: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
         let mut writes: [Vec<Write>; 2] = [Vec::new(), Vec::new()];
@@ -906,7 +957,6 @@ impl<'a> Engine<'a> {
                 results[pi].push(r);
             }
         }
-
         let mut ops = Vec::new();
         let mut confirmed: [Vec<String>; 2] = [Vec::new(), Vec::new()];
         let now = (self.now)();
@@ -920,6 +970,12 @@ impl<'a> Engine<'a> {
                 }
             }
             ops.extend(plan.ops_always);
+            let settled = res.iter().all(Result::is_ok);
+            if let (false, Some((_, pending)), Some(link)) = (settled, plan.pending, &g.link) {
+                // Some of the group's writes may have gone through: the link keeps what they
+                // wrote (and its old base) until the record's next merge.
+                ops.push(Op::PutLink { sync: self.sync(), link: Link { pending, ..link.clone() } });
+            }
             if res.iter().any(|r| r.as_ref().is_err_and(|e| e.stale)) {
                 // A user wrote the record meanwhile; that write is captured and the record is
                 // merged again then. Decisions made on the old read are not applied.
@@ -1005,6 +1061,11 @@ impl<'a> Engine<'a> {
             }
         }
         ops.push(Op::Meta { sync: self.sync(), name: "last_sync".into(), value: Some(now.to_string()) });
+        if recorded {
+            // Every link the batch recorded values for has its outcome above: a new base, or
+            // what was written kept in the link.
+            ops.push(Op::Meta { sync: self.sync(), name: PENDING.into(), value: None });
+        }
         let trims = match direct {
             Some(d) => {
                 ops.extend(d.ops.into_iter().filter(|op| match op {
@@ -1446,9 +1507,9 @@ impl<'a> Engine<'a> {
             }
         }
         if base.is_some() && pending.iter().any(|p| !p.is_empty()) {
-            // Recorded before the writes (with the old base), cleared with the new base after.
-            let recorded = Link { pending, ..link.clone() };
-            plan.ops_first.push(Op::PutLink { sync: self.sync(), link: recorded });
+            // Recorded before the writes (for the whole batch at once, see `PENDING`), cleared
+            // with the new base after.
+            plan.pending = Some((link.left.clone(), pending));
         }
         for d in &merged.decisions {
             plan.ops_first.push(Op::Audit(self.decision_audit(&link, d, "decision")));

@@ -156,8 +156,13 @@ pub fn row_to_json(row: &Row) -> String {
 
 /// Decodes a row written by [`row_to_json`]; anything else gives an empty row.
 pub fn row_from_json(text: &str) -> Row {
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(map)) => map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect(),
+    serde_json::from_str::<serde_json::Value>(text).map(|j| row_from_json_value(&j)).unwrap_or_default()
+}
+
+/// [`row_from_json`] of parsed JSON.
+pub fn row_from_json_value(j: &serde_json::Value) -> Row {
+    match j {
+        serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect(),
         _ => Row::new(),
     }
 }

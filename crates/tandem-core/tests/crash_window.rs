@@ -90,3 +90,52 @@ fn a_write_cut_off_by_a_crash_does_not_beat_a_later_user_edit() {
     }
     assert!(found, "no tick cut the cycle between the write and the state commit");
 }
+
+/// A group whose write went through on one side and found the record changed on the other:
+/// the side that took Tandem's value must not count as edited by a user at the next merge.
+#[test]
+fn a_half_applied_merge_keeps_what_it_wrote() {
+    let mut spec = spec();
+    spec.rule = ConflictRule::Prefer(Side::Left);
+    spec.fields.push(FieldMap {
+        name: "city".into(),
+        left: vec!["city".into()],
+        right: vec!["town".into()],
+        transform: Transform::Rename,
+        flow: Flow::Both,
+    });
+    let clock = Rc::new(Cell::new(1_000));
+    let fuse = Fuse::default();
+    let mut pg = MemoryTable::new("id", clock.clone(), fuse.clone());
+    let mut erp = MemoryTable::new("no", clock.clone(), fuse.clone());
+    let mut store = FusedStore { inner: Default::default(), fuse };
+    let row = |pairs: &[(&str, &str)]| -> Row {
+        pairs.iter().map(|(c, v)| (c.to_string(), Value::Text(v.to_string()))).collect()
+    };
+    let pk = pg.user_insert(row(&[("note", "a"), ("city", "x")]));
+    let mut step = |store: &mut FusedStore, pg: &mut MemoryTable, erp: &mut MemoryTable| {
+        clock.set(clock.get() + 10);
+        let now_cell = clock.clone();
+        let now = move || now_cell.get();
+        let mut engine = Engine::new(&spec, store, pg, erp, &now, 10);
+        engine.start().and_then(|_| engine.cycle()).unwrap();
+    };
+    for _ in 0..3 {
+        step(&mut store, &mut pg, &mut erp);
+    }
+    let ek: Key = erp.rows.keys().next().unwrap().clone();
+    // Each side edits a different field; while Tandem writes, an ERP user changes the town,
+    // so the ERP write finds the record changed and only the pg write goes through.
+    pg.user_update(&pk, row(&[("city", "y")]));
+    erp.user_update(&ek, row(&[("memo", "b")]));
+    erp.interfere.push((ek.clone(), row(&[("town", "z")])));
+    step(&mut store, &mut pg, &mut erp);
+    assert_eq!(note(&pg, "note"), Value::Text("b".into()));
+    // The ERP user edits the note again: that edit must win over the "b" Tandem wrote to pg.
+    erp.user_update(&ek, row(&[("memo", "c")]));
+    for _ in 0..4 {
+        step(&mut store, &mut pg, &mut erp);
+    }
+    assert_eq!(note(&pg, "note"), Value::Text("c".into()), "the ERP's later edit was lost");
+    assert_eq!(note(&erp, "memo"), Value::Text("c".into()));
+}
