@@ -158,7 +158,7 @@ pub const REDACTED: &str = "(sensitive: not kept)";
 /// who won and by which rule, an applied change keeps which columns changed.
 pub fn redact(spec: &SyncSpec, a: &mut AuditRow) {
     let sensitive: Vec<&crate::mapping::FieldMap> =
-        spec.fields.iter().filter(|f| spec.sensitive.contains(&f.name)).collect();
+        spec.fields.iter().filter(|f| spec.sensitive.iter().any(|s| f.name == *s)).collect();
     if sensitive.is_empty() {
         return;
     }
@@ -174,7 +174,7 @@ pub fn redact(spec: &SyncSpec, a: &mut AuditRow) {
             let mut changed = false;
             for f in &sensitive {
                 for c in f.left.iter().chain(&f.right).chain(std::iter::once(&f.name)) {
-                    if let Some(v) = m.get_mut(c) {
+                    if let Some(v) = m.get_mut(c.as_str()) {
                         *v = serde_json::json!([REDACTED, REDACTED]);
                         changed = true;
                     }
@@ -190,7 +190,7 @@ pub fn redact(spec: &SyncSpec, a: &mut AuditRow) {
 /// Replaces the values a record has in sensitive fields (on either side) in a text that is
 /// about to be kept or shown, such as a system's refusal.
 pub fn scrub_sensitive(spec: &SyncSpec, mut text: String, rows: &[Option<&Row>; 2]) -> String {
-    for f in spec.fields.iter().filter(|f| spec.sensitive.contains(&f.name)) {
+    for f in spec.fields.iter().filter(|f| spec.sensitive.iter().any(|s| f.name == *s)) {
         for (side, row) in [Side::Left, Side::Right].into_iter().zip(rows) {
             let Some(row) = row else { continue };
             let cols = if side == Side::Left { &f.left } else { &f.right };
@@ -1046,7 +1046,7 @@ impl<'a> Engine<'a> {
                             .base
                             .iter()
                             .filter(|(_, v)| !v.is_null())
-                            .map(|(f, v)| (f.clone(), serde_json::json!([null, v.to_json()])))
+                            .map(|(f, v)| (f.to_string(), serde_json::json!([null, v.to_json()])))
                             .collect(),
                     )
                     .to_string(),
@@ -1123,7 +1123,7 @@ impl<'a> Engine<'a> {
                     return Err(self.dead_letter(
                         side,
                         key,
-                        Some(f.name.clone()),
+                        Some(f.name.to_string()),
                         Some(e.value_type.to_string()),
                         msg,
                         (self.now)(),
@@ -1199,7 +1199,7 @@ impl<'a> Engine<'a> {
         let other = side.other();
         if let Some(m) = &self.spec.match_on {
             let (mine, theirs) = if side == Side::Left { (&m.left, &m.right) } else { (&m.right, &m.left) };
-            let v = row.get(mine).cloned().unwrap_or(Value::Null);
+            let v = row.get(mine.as_str()).cloned().unwrap_or(Value::Null);
             if !v.is_null() && v != Value::Text(String::new()) {
                 let candidates =
                     self.conns[other.index()].find(theirs, &v, m.case_insensitive).map_err(self.conn_err(other))?;
@@ -1272,7 +1272,7 @@ impl<'a> Engine<'a> {
                     return Err(self.dead_letter(
                         side,
                         key,
-                        Some(f.name.clone()),
+                        Some(f.name.to_string()),
                         Some(e.value_type.to_string()),
                         msg,
                         (self.now)(),
@@ -1359,7 +1359,7 @@ impl<'a> Engine<'a> {
             }
             DeleteRule::Soft { column, value } => {
                 let mut values = Row::new();
-                values.insert(column.clone(), value.clone());
+                values.insert(column.as_str().into(), value.clone());
                 plan.writes.push((other, Write::Update { key: other_key, values, expect: Row::new() }));
                 plan.ops_ok
                     .push(Op::PutLink { sync: self.sync(), link: Link { tombstone: Some(deleted), ..link.clone() } });
@@ -1460,7 +1460,7 @@ impl<'a> Engine<'a> {
                         for (c, nv) in cols {
                             let before = rows[s].get(&c).cloned().unwrap_or(Value::Null);
                             if !before.same(&nv) {
-                                detail.insert(c.clone(), serde_json::json!([before.to_json(), nv.to_json()]));
+                                detail.insert(c.to_string(), serde_json::json!([before.to_json(), nv.to_json()]));
                                 values.insert(c, nv);
                                 pending[s].insert(f.name.clone(), v.clone());
                             }
@@ -1472,7 +1472,7 @@ impl<'a> Engine<'a> {
                         plan.ops_always.extend(self.dead_letter(
                             from,
                             link.key(from),
-                            Some(f.name.clone()),
+                            Some(f.name.to_string()),
                             Some(e.value_type.to_string()),
                             msg,
                             (self.now)(),
@@ -1483,10 +1483,12 @@ impl<'a> Engine<'a> {
             }
             if !values.is_empty() {
                 let key_cols = &self.spec.side(side).key;
-                if key_cols.iter().any(|k| values.contains_key(k)) {
+                if key_cols.iter().any(|k| values.contains_key(k.as_str())) {
                     let key_values: Vec<Value> = key_cols
                         .iter()
-                        .map(|k| values.get(k).or_else(|| rows[s].get(k)).cloned().unwrap_or(Value::Null))
+                        .map(|k| {
+                            values.get(k.as_str()).or_else(|| rows[s].get(k.as_str())).cloned().unwrap_or(Value::Null)
+                        })
                         .collect();
                     new_keys[s] = Key::from_values(&key_values);
                 }
@@ -1653,7 +1655,7 @@ impl<'a> Engine<'a> {
                 kind: "resolve".into(),
                 left_key: Some(link.left.clone()),
                 right_key: Some(link.right.clone()),
-                field: Some(field.name.clone()),
+                field: Some(field.name.to_string()),
                 base: conflict.base.clone(),
                 left: Some(conflict.left.clone()),
                 right: Some(conflict.right.clone()),

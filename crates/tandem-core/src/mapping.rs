@@ -5,7 +5,7 @@
 //! per transform (the full name for `SplitName`, the left-hand value for `ValueMap`), so both
 //! directions go through the same code and a transform without an inverse cannot be written.
 
-use crate::value::{Row, Value};
+use crate::value::{Name, Row, Value};
 use std::fmt;
 
 /// One side of a sync.
@@ -196,11 +196,11 @@ fn decimal_text(neg: bool, digits_str: &str, frac: usize, digits: u32) -> Option
 #[derive(Clone, Debug, PartialEq)]
 pub struct FieldMap {
     /// The field's name in the audit trail, conflicts and status (the left column by default).
-    pub name: String,
+    pub name: Name,
     /// Left columns this field reads and writes.
-    pub left: Vec<String>,
+    pub left: Vec<Name>,
     /// Right columns this field reads and writes.
-    pub right: Vec<String>,
+    pub right: Vec<Name>,
     /// The lens between the two shapes.
     pub transform: Transform,
     /// Which way changes travel.
@@ -221,7 +221,7 @@ pub struct MapError {
 
 impl FieldMap {
     /// Columns on `side`.
-    pub fn columns(&self, side: Side) -> &[String] {
+    pub fn columns(&self, side: Side) -> &[Name] {
         match side {
             Side::Left => &self.left,
             Side::Right => &self.right,
@@ -290,7 +290,7 @@ impl FieldMap {
 
     fn fail(&self, v: &Value, reason: String) -> MapError {
         // The value itself stays out: reasons reach logs, dead letters and the admin API.
-        MapError { field: self.name.clone(), value_type: v.type_name(), reason }
+        MapError { field: self.name.to_string(), value_type: v.type_name(), reason }
     }
 
     /// Cuts a joined text into the template's column values (`None` for an empty part).
@@ -330,7 +330,7 @@ impl FieldMap {
     /// Turns a canonical value into column values for `side`. `current` is the side's row as it
     /// is now, when there is one: a lens may keep what it already says (a split of "Mary Ann
     /// Smith" keeps first name "Mary Ann" when that is what the row has).
-    pub fn put(&self, side: Side, value: &Value, current: Option<&Row>) -> Result<Vec<(String, Value)>, MapError> {
+    pub fn put(&self, side: Side, value: &Value, current: Option<&Row>) -> Result<Vec<(Name, Value)>, MapError> {
         let cols = self.columns(side);
         match &self.transform {
             Transform::Rename => Ok(vec![(cols[0].clone(), value.clone())]),
@@ -338,7 +338,7 @@ impl FieldMap {
             Transform::SplitName => {
                 let hint = current.and_then(|r| r.get(&cols[0]));
                 let (first, last) = split_name(value, hint).map_err(|reason| MapError {
-                    field: self.name.clone(),
+                    field: self.name.to_string(),
                     value_type: value.type_name(),
                     reason,
                 })?;
@@ -390,7 +390,7 @@ impl FieldMap {
 
     fn unmapped(&self, v: &Value, side: Side) -> MapError {
         MapError {
-            field: self.name.clone(),
+            field: self.name.to_string(),
             value_type: v.type_name(),
             reason: format!("is not in the value map's {side} column; add it to the map"),
         }
@@ -489,7 +489,7 @@ mod tests {
     }
 
     fn row(pairs: &[(&str, Value)]) -> Row {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs.iter().map(|(k, v)| (Name::from(*k), v.clone())).collect()
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times
         let r = right.get(name).cloned().unwrap_or(Value::Null);
         let b = base.map(|b| b.get(name).cloned().unwrap_or(Value::Null));
         let decision = |winner: Option<Side>, rule: String| Decision {
-            field: name.clone(),
+            field: name.to_string(),
             base: b.clone(),
             left: l.clone(),
             right: r.clone(),
@@ -148,7 +148,10 @@ mod tests {
     use super::*;
 
     fn row(x: &str, y: &str, t: &str) -> Row {
-        [("x", x), ("y", y), ("terms", t)].iter().map(|(k, v)| (k.to_string(), Value::Text(v.to_string()))).collect()
+        [("x", x), ("y", y), ("terms", t)]
+            .iter()
+            .map(|(k, v)| (crate::value::Name::from(*k), Value::Text(v.to_string())))
+            .collect()
     }
 
     #[test]
@@ -257,7 +260,7 @@ mod sensitive_tests {
         redact(&spec, &mut apply);
         assert!(!apply.detail.contains("secret") && apply.detail.contains(r#""y":["a","b"]"#), "{}", apply.detail);
 
-        let row: Row = [("x".to_string(), Value::Text("hunter2-value".into()))].into_iter().collect();
+        let row: Row = [("x".into(), Value::Text("hunter2-value".into()))].into_iter().collect();
         let reason = "Incorrect value: 'hunter2-value' for column x".to_string();
         let scrubbed = scrub_sensitive(&spec, reason, &[Some(&row), None]);
         assert!(!scrubbed.contains("hunter2") && scrubbed.contains("for column x"), "{scrubbed}");

@@ -113,7 +113,7 @@ impl Filter {
     /// True when `row` passes.
     pub fn matches(&self, row: &Row) -> bool {
         self.clauses.iter().all(|(col, test)| {
-            let v = row.get(col).unwrap_or(&Value::Null);
+            let v = row.get(col.as_str()).unwrap_or(&Value::Null);
             match test {
                 Test::Eq(x) => !v.is_null() && v.same(x),
                 Test::Ne(x) => v.is_null() || !v.same(x),

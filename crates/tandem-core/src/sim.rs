@@ -129,7 +129,7 @@ impl MemoryTable {
     pub fn user_insert(&mut self, mut row: Row) -> Key {
         let id = self.next_id;
         self.next_id += 1;
-        row.insert(self.key_column.clone(), Value::Int(id));
+        row.insert(self.key_column.as_str().into(), Value::Int(id));
         let key = Key::from_values(&[Value::Int(id)]);
         self.rows.insert(key.clone(), row);
         self.record(key.clone());
@@ -164,7 +164,7 @@ impl MemoryTable {
     fn apply_one(&mut self, w: &Write) -> WriteResult {
         match w {
             Write::Insert { intent, values } => {
-                if let Some(col) = self.not_null.iter().find(|c| values.get(*c).is_none_or(Value::is_null)) {
+                if let Some(col) = self.not_null.iter().find(|c| values.get(c.as_str()).is_none_or(Value::is_null)) {
                     return Err(RowError::new(
                         Some(col.clone()),
                         Some("null"),
@@ -187,7 +187,7 @@ impl MemoryTable {
                     }
                 };
                 let mut row = values.clone();
-                row.insert(self.key_column.clone(), key.values()[0].clone());
+                row.insert(self.key_column.as_str().into(), key.values()[0].clone());
                 self.rows.insert(key.clone(), row);
                 self.intents.insert(intent.clone(), key.clone());
                 Ok(key)
@@ -198,7 +198,7 @@ impl MemoryTable {
                         return Err(RowError::stale());
                     }
                 }
-                if let Some(col) = self.not_null.iter().find(|c| values.get(*c).is_some_and(Value::is_null)) {
+                if let Some(col) = self.not_null.iter().find(|c| values.get(c.as_str()).is_some_and(Value::is_null)) {
                     return Err(RowError::new(
                         Some(col.clone()),
                         Some("null"),
@@ -340,7 +340,7 @@ impl Connector for MemoryTable {
     }
 
     fn key_of(&self, values: &Row) -> Option<Key> {
-        match values.get(&self.key_column) {
+        match values.get(self.key_column.as_str()) {
             Some(Value::Int(i)) if self.mapped_key => Some(Key::from_values(&[Value::Int(*i)])),
             _ => None,
         }
@@ -371,7 +371,7 @@ impl Connector for MemoryTable {
             if self.rows.contains_key(&key) || !seen.insert(key.clone()) {
                 return Ok(Err(RowError::new(Some(self.key_column.clone()), None, "UNIQUE constraint failed")));
             }
-            if let Some(col) = self.not_null.iter().find(|c| row.get(*c).is_none_or(Value::is_null)) {
+            if let Some(col) = self.not_null.iter().find(|c| row.get(c.as_str()).is_none_or(Value::is_null)) {
                 return Ok(Err(RowError::new(Some(col.clone()), None, "NOT NULL constraint failed")));
             }
             keys.push(key);
@@ -385,7 +385,7 @@ impl Connector for MemoryTable {
         self.next_id = next_id;
         self.tandem_writes += rows.len() as u64;
         for (mut row, key) in rows.into_iter().zip(keys) {
-            row.insert(self.key_column.clone(), key.values()[0].clone());
+            row.insert(self.key_column.as_str().into(), key.values()[0].clone());
             self.rows.insert(key, row);
         }
         self.intents.insert(batch.to_string(), Key::from_values(&[]));

@@ -1,7 +1,9 @@
 //! Values, rows and record keys as the engine sees them, independent of any system's types.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// One field value in the engine's canonical form.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,8 +22,105 @@ pub enum Value {
     Bool(bool),
 }
 
+/// A column or field name. Shared: putting one into a row copies a pointer, not the text (rows
+/// are built per record, their names are the same few for a whole table).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name(s.into())
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Name(s.into())
+    }
+}
+
+impl From<&String> for Name {
+    fn from(s: &String) -> Name {
+        Name(s.as_str().into())
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0.to_string()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl serde::Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        String::deserialize(d).map(Name::from)
+    }
+}
+
 /// A record's columns by name.
-pub type Row = BTreeMap<String, Value>;
+pub type Row = BTreeMap<Name, Value>;
 
 impl Value {
     /// The name of this value's type, for error messages and dead letters.
@@ -162,7 +261,9 @@ pub fn row_from_json(text: &str) -> Row {
 /// [`row_from_json`] of parsed JSON.
 pub fn row_from_json_value(j: &serde_json::Value) -> Row {
     match j {
-        serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect(),
+        serde_json::Value::Object(map) => {
+            map.iter().map(|(k, v)| (Name::from(k.as_str()), Value::from_json(v))).collect()
+        }
         _ => Row::new(),
     }
 }
@@ -234,18 +335,18 @@ mod tests {
     #[test]
     fn direct_json_matches_the_json_tree() {
         let row: Row = [
-            ("a".to_string(), Value::Null),
-            ("b".to_string(), Value::Int(-7)),
-            ("c".to_string(), Value::Float(0.1)),
-            ("d".to_string(), Value::Float(f64::INFINITY)),
-            ("e".to_string(), Value::Text("q\"\\\n€".into())),
-            ("f".to_string(), Value::Bytes(vec![0, 255])),
-            ("g".to_string(), Value::Bool(true)),
+            ("a".into(), Value::Null),
+            ("b".into(), Value::Int(-7)),
+            ("c".into(), Value::Float(0.1)),
+            ("d".into(), Value::Float(f64::INFINITY)),
+            ("e".into(), Value::Text("q\"\\\n€".into())),
+            ("f".into(), Value::Bytes(vec![0, 255])),
+            ("g".into(), Value::Bool(true)),
         ]
         .into_iter()
         .collect();
         let tree: serde_json::Map<String, serde_json::Value> =
-            row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+            row.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect();
         assert_eq!(row_to_json(&row), serde_json::Value::Object(tree).to_string());
     }
 

@@ -9,7 +9,7 @@ use tandem_core::mapping::{FieldMap, Flow, Side, Transform};
 use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, OnPositionLost, SyncSpec};
 use tandem_core::sim::{Fuse, FusedStore, MemoryTable};
 use tandem_core::store::StateStore;
-use tandem_core::value::{Key, Row, Value};
+use tandem_core::value::{Key, Name, Row, Value};
 
 fn spec() -> SyncSpec {
     SyncSpec {
@@ -52,7 +52,7 @@ fn a_write_cut_off_by_a_crash_does_not_beat_a_later_user_edit() {
         let mut erp = MemoryTable::new("no", clock.clone(), fuse.clone());
         pg.no_change_times = true; // like PostgreSQL: no per-record change time
         let mut store = FusedStore { inner: Default::default(), fuse: fuse.clone() };
-        pg.user_insert([("note".to_string(), Value::Text("a".into()))].into_iter().collect());
+        pg.user_insert([("note".into(), Value::Text("a".into()))].into_iter().collect());
         let step = |store: &mut FusedStore, pg: &mut MemoryTable, erp: &mut MemoryTable, start: bool| {
             clock.set(clock.get() + 10);
             let now_cell = clock.clone();
@@ -70,7 +70,7 @@ fn a_write_cut_off_by_a_crash_does_not_beat_a_later_user_edit() {
         assert_eq!(note(&erp, "memo"), Value::Text("a".into()));
         // The ERP user edits; Tandem writes it to pg and is killed somewhere in the cycle.
         let key: Key = erp.rows.keys().next().unwrap().clone();
-        erp.user_update(&key, [("memo".to_string(), Value::Text("b".into()))].into_iter().collect());
+        erp.user_update(&key, [("memo".into(), Value::Text("b".into()))].into_iter().collect());
         fuse.arm(n);
         let crashed = step(&mut store, &mut pg, &mut erp, false).is_err();
         fuse.disarm();
@@ -80,7 +80,7 @@ fn a_write_cut_off_by_a_crash_does_not_beat_a_later_user_edit() {
         }
         // Killed after pg took "b", before the state recorded it. The ERP user edits again.
         found = true;
-        erp.user_update(&key, [("memo".to_string(), Value::Text("c".into()))].into_iter().collect());
+        erp.user_update(&key, [("memo".into(), Value::Text("c".into()))].into_iter().collect());
         step(&mut store, &mut pg, &mut erp, true).unwrap();
         for _ in 0..5 {
             step(&mut store, &mut pg, &mut erp, false).unwrap();
@@ -110,10 +110,10 @@ fn a_half_applied_merge_keeps_what_it_wrote() {
     let mut erp = MemoryTable::new("no", clock.clone(), fuse.clone());
     let mut store = FusedStore { inner: Default::default(), fuse };
     let row = |pairs: &[(&str, &str)]| -> Row {
-        pairs.iter().map(|(c, v)| (c.to_string(), Value::Text(v.to_string()))).collect()
+        pairs.iter().map(|(c, v)| (Name::from(*c), Value::Text(v.to_string()))).collect()
     };
     let pk = pg.user_insert(row(&[("note", "a"), ("city", "x")]));
-    let mut step = |store: &mut FusedStore, pg: &mut MemoryTable, erp: &mut MemoryTable| {
+    let step = |store: &mut FusedStore, pg: &mut MemoryTable, erp: &mut MemoryTable| {
         clock.set(clock.get() + 10);
         let now_cell = clock.clone();
         let now = move || now_cell.get();

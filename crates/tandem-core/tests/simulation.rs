@@ -16,15 +16,15 @@ use tandem_core::mapping::{FieldMap, Flow, Side, Transform};
 use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, OnPositionLost, SyncSpec};
 use tandem_core::sim::{Fuse, FusedStore, MemoryTable};
 use tandem_core::store::StateStore;
-use tandem_core::value::{Key, Row, Value};
+use tandem_core::value::{Key, Name, Row, Value};
 
 const WORDS: &[&str] = &["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken"];
 
 fn spec(rule: ConflictRule, mapped_keys: bool) -> SyncSpec {
     let field = |name: &str, left: &[&str], right: &[&str], transform| FieldMap {
         name: name.into(),
-        left: left.iter().map(|s| s.to_string()).collect(),
-        right: right.iter().map(|s| s.to_string()).collect(),
+        left: left.iter().map(|s| Name::from(*s)).collect(),
+        right: right.iter().map(|s| Name::from(*s)).collect(),
         transform,
         flow: Flow::Both,
     };
@@ -182,8 +182,8 @@ impl World {
             let key = self.tables[side.index()].user_insert(row);
             let canon = self.canonical(side, &self.tables[side.index()].rows[&key]);
             self.ident.insert((side, key), self.latest.len());
-            self.history.push(canon.iter().map(|(f, v)| (f.clone(), vec![v.clone()])).collect());
-            self.latest.push(canon.into_iter().map(|(f, v)| (f, (t, v))).collect());
+            self.history.push(canon.iter().map(|(f, v)| (f.to_string(), vec![v.clone()])).collect());
+            self.latest.push(canon.into_iter().map(|(f, v)| (f.to_string(), (t, v))).collect());
             return;
         }
         let key = keys[self.rng.usize(..keys.len())].clone();
@@ -199,7 +199,7 @@ impl World {
         }
         let before = self.canonical(side, &self.tables[side.index()].rows[&key]);
         let fresh = self.random_row(side);
-        let cols: Vec<&String> = fresh.keys().collect();
+        let cols: Vec<&Name> = fresh.keys().collect();
         let mut values = Row::new();
         for _ in 0..self.rng.usize(1..3) {
             let c = cols[self.rng.usize(..cols.len())];
@@ -212,8 +212,8 @@ impl World {
         let after = self.canonical(side, &self.tables[side.index()].rows[&key]);
         for (f, v) in after {
             if !v.same(&before[&f]) {
-                self.history[record].entry(f.clone()).or_default().push(v.clone());
-                self.latest[record].insert(f, (t, v));
+                self.history[record].entry(f.to_string()).or_default().push(v.clone());
+                self.latest[record].insert(f.to_string(), (t, v));
             }
         }
     }
@@ -235,7 +235,7 @@ impl World {
         let v = Value::Text(format!("late {}", self.rng.u16(..)));
         self.history[record].entry(field.to_string()).or_default().push(v.clone());
         self.latest[record].insert(field.to_string(), (t, v.clone()));
-        self.tables[side.index()].interfere.push((key, [(col.to_string(), v)].into_iter().collect()));
+        self.tables[side.index()].interfere.push((key, [(Name::from(col), v)].into_iter().collect()));
         self.engine_step();
     }
 
@@ -354,7 +354,7 @@ impl World {
                 .unwrap_or_else(|| panic!("seed {seed}: a row no user wrote"));
             assert!(!self.deleted.contains(&record), "seed {seed}: deleted record {record} is back");
             for (field, (t, wrote)) in &self.latest[record] {
-                if cl[field].same(wrote) {
+                if cl[field.as_str()].same(wrote) {
                     continue;
                 }
                 // A field changed and changed back between two syncs looks unchanged to a
@@ -380,7 +380,7 @@ impl World {
                 assert!(
                     explained,
                     "seed {seed}: record {record} field {field}: write {wrote} at {t} lost without audit; final {}",
-                    cl[field]
+                    cl[field.as_str()]
                 );
             }
         }

@@ -490,7 +490,7 @@ fn touches_field(cfg: &Config, a: &AuditRow, field: &str) -> bool {
                 return false;
             };
             let detail: serde_json::Value = serde_json::from_str(&a.detail).unwrap_or_default();
-            f.left.iter().chain(&f.right).any(|c| detail.get(c).is_some())
+            f.left.iter().chain(&f.right).any(|c| detail.get(c.as_str()).is_some())
         }
         "create" | "link" | "delete" | "restore" => true,
         _ => false,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tandem_core::mapping::{FieldMap, Flow, Side, Transform};
 use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, Filter, MatchOn, OnPositionLost, SyncSpec};
-use tandem_core::value::{Row, Value};
+use tandem_core::value::{Name, Row, Value};
 use toml::Spanned;
 
 /// One problem found in a config file.
@@ -674,7 +674,7 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
             for (col, v) in vals.get_ref() {
                 match toml_to_value(v) {
                     Some(val) => {
-                        defaults[side.index()].insert(col.clone(), val);
+                        defaults[side.index()].insert(col.as_str().into(), val);
                     }
                     None => ctx.at(
                         vals.span(),
@@ -833,7 +833,13 @@ fn parse_partial(file: &Path, text: &str) -> Result<(Config, Vec<Problem>), Conf
             if rf.sensitive {
                 sensitive.push(fname.clone());
             }
-            fields.push(FieldMap { name: fname, left, right, transform, flow });
+            fields.push(FieldMap {
+                name: fname.into(),
+                left: left.into_iter().map(Name::from).collect(),
+                right: right.into_iter().map(Name::from).collect(),
+                transform,
+                flow,
+            });
         }
         if fields.is_empty() {
             ctx.at(

@@ -309,11 +309,8 @@ pub fn open_entity(cfg: &Config, i: usize, side: Side) -> Result<Box<dyn Connect
         System::Postgres { url } => Box::new(PgTable::open(url, &ent.table, &ent.key, &spec.name, side.as_str())?),
         System::Mysql { url } => {
             let mut t = MyTable::open(url, &ent.table, &ent.key, &spec.name, side.as_str())?;
-            let mapped: Vec<String> = spec
-                .fields
-                .iter()
-                .flat_map(|f| if side == Side::Left { f.left.clone() } else { f.right.clone() })
-                .collect();
+            let mapped: Vec<String> =
+                spec.fields.iter().flat_map(|f| f.columns(side).iter().map(|c| c.to_string())).collect();
             t.keep_mapped_stamps(&mapped);
             Box::new(t)
         }

@@ -72,7 +72,7 @@ fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, 
                 .map(|c| Column {
                     // SQLite fills a lone INTEGER PRIMARY KEY itself (it is the rowid).
                     generated: c.has_default || (c.pk > 0 && pks == 1 && c.decl_type.eq_ignore_ascii_case("INTEGER")),
-                    name: c.name,
+                    name: c.name.to_string(),
                     decl_type: c.decl_type,
                     not_null: c.not_null,
                     pk: c.pk,
@@ -102,7 +102,7 @@ fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, 
             Ok(cols
                 .into_iter()
                 .map(|c| Column {
-                    name: c.name,
+                    name: c.name.to_string(),
                     decl_type: c.type_name,
                     not_null: c.not_null,
                     generated: c.has_default,
@@ -129,7 +129,7 @@ fn load_columns(cfg: &Config, system: &str, table: &str) -> Result<Vec<Column>, 
             Ok(cols
                 .into_iter()
                 .map(|c| Column {
-                    name: c.name,
+                    name: c.name.to_string(),
                     decl_type: c.column_type.to_ascii_uppercase(),
                     not_null: c.not_null,
                     generated: c.has_default,
@@ -351,9 +351,11 @@ pub fn check(cfg: &mut Config, text: &str, problems: &mut Vec<Problem>) {
                 if c.generated || !(c.not_null || is_key) {
                     continue;
                 }
-                let written =
-                    spec.fields.iter().any(|f| f.flow.allows_from(source) && f.columns(target).contains(&c.name))
-                        || spec.defaults[target.index()].contains_key(&c.name);
+                let written = spec
+                    .fields
+                    .iter()
+                    .any(|f| f.flow.allows_from(source) && f.columns(target).iter().any(|x| *x == c.name))
+                    || spec.defaults[target.index()].contains_key(c.name.as_str());
                 if !written {
                     problems.push(Problem {
                         line: line_of(text, &ent.table),

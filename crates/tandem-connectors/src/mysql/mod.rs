@@ -20,7 +20,7 @@ use std::time::Duration;
 use tandem_core::connector::{
     CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write, WriteResult,
 };
-use tandem_core::value::{Key, Row, Value};
+use tandem_core::value::{Key, Name, Row, Value};
 
 /// Connection settings parsed from a `mysql://` (or `mariadb://`) URL; the password is never
 /// printed.
@@ -96,7 +96,7 @@ impl MyUrl {
 #[derive(Clone, Debug)]
 pub struct MyColumn {
     /// Name.
-    pub name: String,
+    pub name: Name,
     /// `DATA_TYPE` (`int`, `varchar`, …).
     pub data_type: String,
     /// `COLUMN_TYPE` (`int(10) unsigned`, `enum('a','b')`, …).
@@ -188,7 +188,7 @@ async fn columns(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<MyColumn>
             let on_update = extra.to_ascii_lowercase().contains("on update");
             MyColumn {
                 kind: Kind::of(&data_type, &column_type),
-                name,
+                name: name.into(),
                 data_type,
                 column_type,
                 not_null: nullable == "NO",
@@ -276,7 +276,7 @@ pub struct MyTable {
     /// (`innodb_autoinc_lock_mode` 0 or 1); `None` when it may not (mode 2).
     id_step: Option<i64>,
     /// Mapped columns the server would stamp on update (see [`MyTable::keep_mapped_stamps`]).
-    pinned: Vec<String>,
+    pinned: Vec<Name>,
     /// The connection holding the consistent-read snapshot of a running initial load.
     snapshot: Option<Conn>,
 }
@@ -341,8 +341,12 @@ impl MyTable {
     /// (`ON UPDATE CURRENT_TIMESTAMP`) keeps its value in Tandem's updates unless Tandem writes
     /// it: otherwise each write of Tandem's would change a synced value behind its back.
     pub fn keep_mapped_stamps(&mut self, mapped: &[String]) {
-        self.pinned =
-            self.columns.iter().filter(|c| c.on_update && mapped.contains(&c.name)).map(|c| c.name.clone()).collect();
+        self.pinned = self
+            .columns
+            .iter()
+            .filter(|c| c.on_update && mapped.iter().any(|m| c.name == *m))
+            .map(|c| c.name.clone())
+            .collect();
     }
 
     fn label(&self) -> String {
@@ -396,8 +400,9 @@ impl MyTable {
             let v = r.as_ref(i).map(|v| decode(c.kind, v)).unwrap_or(Value::Null);
             row.insert(c.name.clone(), self.read_temporal(c, v));
         }
-        let key =
-            Key::from_values(&self.key.iter().map(|k| row.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>());
+        let key = Key::from_values(
+            &self.key.iter().map(|k| row.get(k.as_str()).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>(),
+        );
         (key, row)
     }
 
@@ -454,19 +459,19 @@ impl MyTable {
         for (col, v) in values {
             let Some(c) = self.column(col) else {
                 return Err(RowError::new(
-                    Some(col.clone()),
+                    Some(col.to_string()),
                     Some(v.type_name()),
                     format!("column {}.{col} does not exist", self.table),
                 ));
             };
             if let Err(e) = self.lit(col, v) {
-                return Err(RowError::new(Some(col.clone()), Some(v.type_name()), e));
+                return Err(RowError::new(Some(col.to_string()), Some(v.type_name()), e));
             }
             crate::check_length(&self.table, col, &c.column_type, v)?;
             if let (Kind::Bytes, Value::Text(_)) | (Kind::Int { .. } | Kind::Bool, Value::Bytes(_)) = (c.kind, v) {
                 if c.kind != Kind::Bytes {
                     return Err(RowError::new(
-                        Some(col.clone()),
+                        Some(col.to_string()),
                         Some(v.type_name()),
                         format!("column {}.{col} is {}; a blob does not fit", self.table, c.column_type),
                     ));
@@ -481,9 +486,10 @@ impl MyTable {
         let column = self
             .columns
             .iter()
-            .map(|c| c.name.clone())
+            .map(|c| c.name.to_string())
             .find(|n| s.message.contains(&format!("'{n}'")) || s.message.contains(&format!("`{n}`")));
-        let value_type = column.as_ref().map(|c| values.and_then(|v| v.get(c)).map(Value::type_name).unwrap_or("null"));
+        let value_type =
+            column.as_ref().map(|c| values.and_then(|v| v.get(c.as_str())).map(Value::type_name).unwrap_or("null"));
         RowError::new(column, value_type, format!("{} refused the write: {}", self.label(), s.message))
     }
 
@@ -496,8 +502,8 @@ impl MyTable {
             .collect()
     }
 
-    fn insert_sql(&self, cols: &[String], rows: &[Vec<String>]) -> String {
-        let cols: Vec<String> = cols.iter().map(|c| ident(c)).collect();
+    fn insert_sql<C: AsRef<str>>(&self, cols: &[C], rows: &[Vec<String>]) -> String {
+        let cols: Vec<String> = cols.iter().map(|c| ident(c.as_ref())).collect();
         let tuples: Vec<String> = rows.iter().map(|r| format!("({})", r.join(", "))).collect();
         if cols.is_empty() {
             return format!("INSERT INTO {} () VALUES {}", self.qualified(), tuples.join(", "));
@@ -646,7 +652,7 @@ impl MyTable {
         match w {
             Write::Insert { intent, values } => {
                 let values = t.insert_values(values);
-                let cols: Vec<String> = values.keys().cloned().collect();
+                let cols: Vec<Name> = values.keys().cloned().collect();
                 let lits: Vec<String> =
                     values.iter().map(|(c, v)| t.lit(c, v).unwrap_or_else(|_| "NULL".into())).collect();
                 conn.query_drop(t.insert_sql(&cols, &[lits])).await?;
@@ -697,7 +703,7 @@ impl MyTable {
     /// Inserts new rows in one statement; `None` when the batch must go row by row.
     async fn insert_batch(conn: &mut Conn, t: &MyTable, rows: &[&Row]) -> Result<Option<Vec<Key>>, mysql_async::Error> {
         let cols: Vec<String> = match rows.first() {
-            Some(r) => r.keys().cloned().collect(),
+            Some(r) => r.keys().map(|c| c.to_string()).collect(),
             None => return Ok(Some(Vec::new())),
         };
         let keys: Option<Vec<Key>> = rows.iter().map(|r| t.key_of(r)).collect();
@@ -1131,7 +1137,7 @@ impl Connector for MyTable {
 
     fn key_of(&self, values: &Row) -> Option<Key> {
         let vals: Option<Vec<Value>> =
-            self.key.iter().map(|k| key_value(self.column(k)?.kind, values.get(k)?)).collect();
+            self.key.iter().map(|k| key_value(self.column(k)?.kind, values.get(k.as_str())?)).collect();
         Some(Key::from_values(&vals?))
     }
 

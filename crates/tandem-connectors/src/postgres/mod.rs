@@ -18,14 +18,14 @@ use stream::Capture;
 use tandem_core::connector::{
     CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write, WriteResult,
 };
-use tandem_core::value::{Key, Row, Value};
+use tandem_core::value::{Key, Name, Row, Value};
 use tokio_postgres::types::ToSql;
 
 /// One column of a PostgreSQL table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PgColumn {
     /// Column name.
-    pub name: String,
+    pub name: Name,
     /// Type OID.
     pub oid: u32,
     /// The type as SQL spells it (`numeric(12,2)`, `timestamp with time zone`).
@@ -190,9 +190,13 @@ async fn copy_rows(
     rows: Vec<Row>,
 ) -> Result<(), tokio_postgres::Error> {
     use futures_util::SinkExt;
-    let mut shapes: std::collections::BTreeMap<Vec<String>, Vec<Row>> = Default::default();
+    // Rows by their set of columns (nearly always one set: found without building a key).
+    let mut shapes: Vec<(Vec<Name>, Vec<Row>)> = Vec::new();
     for r in rows {
-        shapes.entry(r.keys().cloned().collect()).or_default().push(r);
+        match shapes.iter_mut().find(|(cols, _)| cols.iter().eq(r.keys())) {
+            Some((_, same)) => same.push(r),
+            None => shapes.push((r.keys().cloned().collect(), vec![r])),
+        }
     }
     for (cols, rows) in shapes {
         let names: Vec<String> = cols.iter().map(|c| ident(c)).collect();
@@ -223,7 +227,7 @@ async fn copy_rows(
 /// How result rows of `select_list` turn into records: column names and types, and where the
 /// key columns are. Shared with the I/O thread, which decodes rows it reads ahead.
 struct Decode {
-    names: Vec<String>,
+    names: Vec<Name>,
     oids: Vec<u32>,
     key: Vec<usize>,
 }
@@ -283,7 +287,7 @@ async fn columns(client: &tokio_postgres::Client, qualified: &str) -> Result<Vec
     Ok(rows
         .iter()
         .map(|r| PgColumn {
-            name: r.get(0),
+            name: r.get::<_, String>(0).into(),
             oid: r.get(1),
             type_name: r.get(2),
             not_null: r.get(3),
@@ -576,7 +580,8 @@ impl PgTable {
             return None;
         }
         let column = db.column().map(str::to_string);
-        let value_type = column.as_ref().map(|c| values.and_then(|v| v.get(c)).map(Value::type_name).unwrap_or("null"));
+        let value_type =
+            column.as_ref().map(|c| values.and_then(|v| v.get(c.as_str())).map(Value::type_name).unwrap_or("null"));
         Some(RowError::new(column, value_type, format!("{} refused the write: {}", self.label(), db.message())))
     }
 
@@ -584,14 +589,14 @@ impl PgTable {
         for (col, v) in values {
             let Some(c) = self.column(col) else {
                 return Err(RowError::new(
-                    Some(col.clone()),
+                    Some(col.to_string()),
                     Some(v.type_name()),
                     format!("column {}.{col} does not exist", self.table),
                 ));
             };
             if !fits(c.oid, &c.type_name, v) {
                 return Err(RowError::new(
-                    Some(col.clone()),
+                    Some(col.to_string()),
                     Some(v.type_name()),
                     format!("column {}.{col} is {}; a {} value does not fit", self.table, c.type_name, v.type_name()),
                 ));
@@ -722,7 +727,7 @@ impl PgTable {
     /// Inserts `rows` (inside the caller's transaction) with one statement per set of columns
     /// and returns the keys the server gave them, in row order; `Ok(Err)` when one got none.
     async fn insert_returning(&self, rows: &[Row]) -> Result<Result<Vec<Key>, RowError>, tokio_postgres::Error> {
-        let mut shapes: std::collections::BTreeMap<Vec<&String>, Vec<usize>> = Default::default();
+        let mut shapes: std::collections::BTreeMap<Vec<&Name>, Vec<usize>> = Default::default();
         for (i, r) in rows.iter().enumerate() {
             shapes.entry(r.keys().collect()).or_default().push(i);
         }
@@ -778,7 +783,7 @@ impl PgTable {
     /// updates with the same columns and checks; at most 1,000 each. Writes whose values do
     /// not fit are left to the one-by-one path, which reports them.
     fn batches(&self, writes: &[Write]) -> Vec<Vec<usize>> {
-        let mut groups: std::collections::BTreeMap<(u8, Vec<String>, Vec<String>), Vec<usize>> = Default::default();
+        let mut groups: std::collections::BTreeMap<(u8, Vec<Name>, Vec<Name>), Vec<usize>> = Default::default();
         for (i, w) in writes.iter().enumerate() {
             let shape = match w {
                 Write::Insert { values, .. } if self.check_fit(values).is_ok() => {
@@ -826,7 +831,7 @@ impl PgTable {
                 _ => unreachable!("insert batches hold inserts"),
             })
             .collect();
-        let cols: Vec<String> = rows[0].1.keys().cloned().collect();
+        let cols: Vec<Name> = rows[0].1.keys().cloned().collect();
         let arrays: Vec<Vec<Option<String>>> =
             cols.iter().map(|c| rows.iter().map(|(_, r)| to_text(&r[c])).collect()).collect();
         let sql = self.unnest_insert_sql(&cols);
@@ -874,8 +879,8 @@ impl PgTable {
                 _ => unreachable!("update batches hold updates"),
             })
             .collect();
-        let vcols: Vec<String> = items[0].1.keys().cloned().collect();
-        let ecols: Vec<String> = items[0].2.keys().cloned().collect();
+        let vcols: Vec<Name> = items[0].1.keys().cloned().collect();
+        let ecols: Vec<Name> = items[0].2.keys().cloned().collect();
         let mut arrays: Vec<Vec<Option<String>>> = Vec::new();
         for i in 0..self.key.len() {
             arrays.push(items.iter().map(|(k, _, _)| k.values().get(i).and_then(to_text)).collect());
@@ -1340,7 +1345,7 @@ impl Connector for PgTable {
 
     fn key_of(&self, values: &Row) -> Option<Key> {
         let vals: Option<Vec<Value>> =
-            self.key.iter().map(|k| key_value(self.column(k)?.oid, values.get(k)?)).collect();
+            self.key.iter().map(|k| key_value(self.column(k)?.oid, values.get(k.as_str())?)).collect();
         Some(Key::from_values(&vals?))
     }
 

@@ -184,8 +184,9 @@ impl SqliteTable {
         for (i, c) in self.columns.iter().enumerate() {
             row.insert(c.name.clone(), from_sql(r.get_ref(i)?));
         }
-        let key =
-            Key::from_values(&self.key.iter().map(|k| row.get(k).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>());
+        let key = Key::from_values(
+            &self.key.iter().map(|k| row.get(k.as_str()).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>(),
+        );
         Ok((key, row))
     }
 
@@ -198,7 +199,7 @@ impl SqliteTable {
         for (col, v) in values {
             let Some(c) = self.columns.iter().find(|c| &c.name == col) else {
                 return Err(RowError::new(
-                    Some(col.clone()),
+                    Some(col.to_string()),
                     Some(v.type_name()),
                     format!("column {}.{col} does not exist", self.table),
                 ));
@@ -206,7 +207,7 @@ impl SqliteTable {
             let aff = Affinity::of(&c.decl_type);
             if !aff.fits(v) {
                 return Err(RowError::new(
-                    Some(col.clone()),
+                    Some(col.to_string()),
                     Some(v.type_name()),
                     format!(
                         "column {}.{col} is {} column ({}); a {} value does not fit",
@@ -321,8 +322,9 @@ impl SqliteTable {
                     .rsplit_once(": ")
                     .map(|(_, c)| c.rsplit('.').next().unwrap_or(c).to_string())
                     .filter(|c| self.columns.iter().any(|x| &x.name == c));
-                let value_type =
-                    column.as_ref().map(|c| values.and_then(|v| v.get(c)).map(Value::type_name).unwrap_or("null"));
+                let value_type = column
+                    .as_ref()
+                    .map(|c| values.and_then(|v| v.get(c.as_str())).map(Value::type_name).unwrap_or("null"));
                 Ok(Err(RowError::new(
                     column,
                     value_type,
@@ -590,7 +592,7 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             .iter()
             .map(|k| {
                 let c = self.columns.iter().find(|c| &c.name == k)?;
-                match (Affinity::of(&c.decl_type), values.get(k)?) {
+                match (Affinity::of(&c.decl_type), values.get(k.as_str())?) {
                     (Affinity::Integer, Value::Int(i)) => Some(Value::Int(*i)),
                     (Affinity::Text, Value::Text(t)) => Some(Value::Text(t.clone())),
                     (Affinity::Text, Value::Int(i)) => Some(Value::Text(i.to_string())),

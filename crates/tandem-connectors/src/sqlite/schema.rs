@@ -1,12 +1,13 @@
 //! Reading a SQLite table's columns.
 
 use rusqlite::Connection;
+use tandem_core::value::Name;
 
 /// One column of a table, as `PRAGMA table_info` describes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Column {
     /// Column name.
-    pub name: String,
+    pub name: Name,
     /// Declared type, as written in the CREATE TABLE.
     pub decl_type: String,
     /// Whether NULL is refused.
@@ -23,7 +24,7 @@ pub fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<Col
         conn.prepare("SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1)")?;
     let rows = stmt.query_map([table], |r| {
         Ok(Column {
-            name: r.get(0)?,
+            name: r.get::<_, String>(0)?.into(),
             decl_type: r.get(1)?,
             not_null: r.get::<_, i64>(2)? != 0,
             has_default: r.get(3)?,
