@@ -42,8 +42,9 @@ fn dec(s: &str) -> Value {
     serde_json::from_str(s).map(|j| Value::from_json(&j)).unwrap_or(Value::Null)
 }
 
+/// A key the state stored (written from [`Key::as_str`], so already in its canonical form).
 fn key(s: String) -> Key {
-    Key::parse(&s).unwrap_or_else(|| Key::from_values(&[Value::Text(s)]))
+    Key::from_stored(s)
 }
 
 fn side(s: &str) -> Side {
@@ -405,7 +406,7 @@ impl SqliteStore {
         Ok(Link {
             left: key(r.get(0)?),
             right: key(r.get(1)?),
-            base: row_from_json(&r.get::<_, String>(2)?),
+            base: row_from_json(r.get_ref(2)?.as_str()?),
             tombstone: r.get::<_, Option<String>>(3)?.map(|s| side(&s)),
             pending: r.get::<_, Option<String>>(4)?.map(|p| pending_from_json(&p)).unwrap_or_default(),
         })

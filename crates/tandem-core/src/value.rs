@@ -255,7 +255,102 @@ pub fn row_to_json(row: &Row) -> String {
 
 /// Decodes a row written by [`row_to_json`]; anything else gives an empty row.
 pub fn row_from_json(text: &str) -> Row {
-    serde_json::from_str::<serde_json::Value>(text).map(|j| row_from_json_value(&j)).unwrap_or_default()
+    // Read straight into a row (links' bases are read for every change: no JSON tree first).
+    serde_json::from_str::<JsonRowOwned>(text).map(|r| r.0).unwrap_or_default()
+}
+
+struct JsonRowOwned(Row);
+
+impl<'de> serde::Deserialize<'de> for JsonRowOwned {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RowVisitor;
+        impl<'de> serde::de::Visitor<'de> for RowVisitor {
+            type Value = JsonRowOwned;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of field values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonRowOwned, A::Error> {
+                let mut row = Row::new();
+                while let Some(name) = map.next_key_seed(NameSeed)? {
+                    let JsonCell(v) = map.next_value()?;
+                    row.insert(name, v);
+                }
+                Ok(JsonRowOwned(row))
+            }
+        }
+        d.deserialize_map(RowVisitor)
+    }
+}
+
+struct NameSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NameSeed {
+    type Value = Name;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Name, D::Error> {
+        d.deserialize_str(NameSeed)
+    }
+}
+
+impl serde::de::Visitor<'_> for NameSeed {
+    type Value = Name;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name, E> {
+        Ok(Name::from(v))
+    }
+}
+
+/// One value of [`row_from_json`], read as [`Value::from_json`] reads it.
+struct JsonCell(Value);
+
+impl<'de> serde::Deserialize<'de> for JsonCell {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CellVisitor;
+        impl<'de> serde::de::Visitor<'de> for CellVisitor {
+            type Value = JsonCell;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<JsonCell, E> {
+                Ok(JsonCell(Value::Null))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<JsonCell, E> {
+                Ok(JsonCell(Value::Null))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<JsonCell, E> {
+                Ok(JsonCell(Value::Bool(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<JsonCell, E> {
+                Ok(JsonCell(Value::Int(v)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<JsonCell, E> {
+                Ok(JsonCell(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64))))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<JsonCell, E> {
+                Ok(JsonCell(Value::Float(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<JsonCell, E> {
+                Ok(JsonCell(Value::Text(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<JsonCell, E> {
+                Ok(JsonCell(Value::Text(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<JsonCell, A::Error> {
+                let j = <serde_json::Value as serde::Deserialize>::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(JsonCell(Value::from_json(&j)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<JsonCell, A::Error> {
+                let j = <serde_json::Value as serde::Deserialize>::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(JsonCell(Value::from_json(&j)))
+            }
+        }
+        d.deserialize_any(CellVisitor)
+    }
 }
 
 /// [`row_from_json`] of parsed JSON.
@@ -289,6 +384,11 @@ impl Key {
             }
             _ => None,
         }
+    }
+
+    /// A key from text that [`Key::as_str`] gave (as stored in the state): taken as it is.
+    pub fn from_stored(text: String) -> Key {
+        Key(text)
     }
 
     /// The key column values.
@@ -357,6 +457,20 @@ mod tests {
         row.insert("b".into(), Value::Null);
         row.insert("c".into(), Value::Text(String::new()));
         row.insert("d".into(), Value::Float(1.5));
+        row.insert("e".into(), Value::Int(-3));
+        row.insert("f".into(), Value::Bool(false));
+        row.insert("g\"h".into(), Value::Text("\"quoted\" \u{1F600}".into()));
         assert_eq!(row_from_json(&row_to_json(&row)), row);
+        // Read as the JSON tree reads it, whatever the text holds.
+        for text in [
+            r#"{"a":[1,"x"],"b":{"k":1},"c":18446744073709551615,"d":1e3,"e":{"$bytes":"00ff"}}"#,
+            r#"{"a":null}"#,
+            r#"[1]"#,
+            "not json",
+        ] {
+            let tree =
+                serde_json::from_str::<serde_json::Value>(text).map(|j| row_from_json_value(&j)).unwrap_or_default();
+            assert_eq!(row_from_json(text), tree, "{text}");
+        }
     }
 }

@@ -203,7 +203,9 @@ async fn copy_rows(
         let sql = format!("COPY {qualified} ({}) FROM STDIN", names.join(", "));
         let sink = client.copy_in::<_, bytes::Bytes>(&sql).await?;
         futures_util::pin_mut!(sink);
-        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        // Sent in small chunks: the server parses one while the next is encoded.
+        const CHUNK: usize = 64 << 10;
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
         for row in rows {
             for (i, v) in row.values().enumerate() {
                 if i > 0 {
@@ -212,8 +214,8 @@ async fn copy_rows(
                 copy_text(v, &mut buf);
             }
             buf.push(b'\n');
-            if buf.len() >= 1 << 20 {
-                sink.send(bytes::Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)))).await?;
+            if buf.len() >= CHUNK {
+                sink.send(bytes::Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096)))).await?;
             }
         }
         if !buf.is_empty() {
