@@ -1173,7 +1173,17 @@ impl<'a> Engine<'a> {
                 }
                 (None, Some(r)) => self.plan_delete(Side::Left, link, r, plan),
                 (Some(l), None) => self.plan_delete(Side::Right, link, l, plan),
-                (Some(l), Some(r)) => self.plan_merge(link.clone(), Some(&link.base), [l, r], g, plan),
+                (Some(l), Some(r)) => {
+                    // The merge makes the new base: the link goes in without its old one.
+                    let shell = Link {
+                        left: link.left.clone(),
+                        right: link.right.clone(),
+                        base: Row::new(),
+                        tombstone: link.tombstone,
+                        pending: link.pending.clone(),
+                    };
+                    self.plan_merge(shell, Some(&link.base), [l, r], g, plan)
+                }
             };
         }
 
@@ -1403,7 +1413,7 @@ impl<'a> Engine<'a> {
         }
         // A value Tandem was writing when a crash cut it short (recorded before the write) is
         // not a user's change on that side: count it as the base there.
-        let adjusted: Option<Row> = base.map(|b| {
+        let adjusted: Option<Row> = base.filter(|_| link.pending.iter().any(|p| !p.is_empty())).map(|b| {
             let mut b = b.clone();
             for side in [Side::Left, Side::Right] {
                 for (f, v) in &link.pending[side.index()] {
@@ -1414,7 +1424,7 @@ impl<'a> Engine<'a> {
             }
             b
         });
-        let base = adjusted.as_ref();
+        let base = adjusted.as_ref().or(base);
         let mut times = g.times;
         for side in [Side::Left, Side::Right] {
             let s = side.index();

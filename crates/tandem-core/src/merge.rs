@@ -40,45 +40,47 @@ pub struct Merged {
 /// different values) goes to its conflict rule. `times` are the commit times (ms) of each side's
 /// latest change to the record, for `latest`.
 pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times: [i64; 2]) -> Merged {
+    const NULL: &Value = &Value::Null;
     let mut out = Merged::default();
     for field in &spec.fields {
         let name = &field.name;
-        let l = left.get(name).cloned().unwrap_or(Value::Null);
-        let r = right.get(name).cloned().unwrap_or(Value::Null);
-        let b = base.map(|b| b.get(name).cloned().unwrap_or(Value::Null));
+        // Borrowed: a value is copied only into what the merge keeps.
+        let l = left.get(name).unwrap_or(NULL);
+        let r = right.get(name).unwrap_or(NULL);
+        let b = base.map(|b| b.get(name).unwrap_or(NULL));
         let decision = |winner: Option<Side>, rule: String| Decision {
             field: name.to_string(),
-            base: b.clone(),
+            base: b.cloned(),
             left: l.clone(),
             right: r.clone(),
             winner,
             rule,
         };
-        let pick = |side: Side| if side == Side::Left { l.clone() } else { r.clone() };
+        let pick = |side: Side| if side == Side::Left { l } else { r };
         let chosen = if let Flow::From(owner) = field.flow {
-            let other = if owner == Side::Left { &r } else { &l };
+            let other = if owner == Side::Left { r } else { l };
             let owner_v = pick(owner);
-            if !other.same(&owner_v) && b.as_ref().is_some_and(|b| !other.same(b)) {
+            if !other.same(owner_v) && b.is_some_and(|b| !other.same(b)) {
                 out.decisions.push(decision(Some(owner), format!("one_way:{owner}")));
             }
             owner_v
-        } else if l.same(&r) {
-            l.clone()
+        } else if l.same(r) {
+            l
         } else if b.is_none() && (l.is_null() || r.is_null()) {
             // First link of two existing records: an empty field takes the other side's value.
             if l.is_null() {
-                r.clone()
+                r
             } else {
-                l.clone()
+                l
             }
-        } else if b.as_ref().is_some_and(|b| l.same(b)) {
-            r.clone()
-        } else if b.as_ref().is_some_and(|b| r.same(b)) {
-            l.clone()
+        } else if b.is_some_and(|b| l.same(b)) {
+            r
+        } else if b.is_some_and(|b| r.same(b)) {
+            l
         } else {
             let rule = spec.rule_for(name);
             if *rule == ConflictRule::MergeLines {
-                if let Some(merged) = merge_lines(b.as_ref(), &l, &r) {
+                if let Some(merged) = merge_lines(b, l, r) {
                     out.decisions.push(decision(None, rule.name()));
                     out.base.insert(name.clone(), merged.clone());
                     out.values.insert(name.clone(), merged);
@@ -102,13 +104,13 @@ pub fn merge(spec: &SyncSpec, left: &Row, right: &Row, base: Option<&Row>, times
                 }
                 None => {
                     out.held.push(decision(None, rule.name()));
-                    out.base.insert(name.clone(), b.clone().unwrap_or(Value::Null));
+                    out.base.insert(name.clone(), b.cloned().unwrap_or(Value::Null));
                     continue;
                 }
             }
         };
         out.base.insert(name.clone(), chosen.clone());
-        out.values.insert(name.clone(), chosen);
+        out.values.insert(name.clone(), chosen.clone());
     }
     out
 }
