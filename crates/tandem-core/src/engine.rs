@@ -7,11 +7,11 @@
 //! record already agrees.
 
 use crate::connector::{CaptureState, Connector, ConnectorError, RowError, Write};
-use crate::mapping::{Flow, Side};
+use crate::mapping::{FieldMap, Flow, MapError, Side};
 use crate::merge::{merge, Decision};
 use crate::rules::{DeleteRule, OnPositionLost, SyncSpec};
 use crate::store::{AuditRow, Conflict, DeadLetter, InboxEntry, Intent, Link, Op, StateStore, StoreError};
-use crate::value::{row_from_json_value, row_to_json, Key, Row, Value};
+use crate::value::{row_from_json_value, row_to_json, Key, Name, Row, Value};
 use std::collections::{HashMap, HashSet};
 
 /// An engine step failed; the step's effects were not committed and it is retried.
@@ -608,6 +608,7 @@ impl<'a> Engine<'a> {
         let linked = self.store.links_of(&self.spec.name, side, &keys)?;
         // A field that does not flow from this side takes the target's value: read it back.
         let one_way = self.spec.fields.iter().any(|f| !f.flow.allows_from(side));
+        let shared = self.shared_columns(side);
         let mut touches = Vec::new();
         let mut sources = Vec::new();
         let mut inserts = Vec::new();
@@ -620,7 +621,8 @@ impl<'a> Engine<'a> {
             if self.spec.filters[side.index()].as_ref().is_some_and(|f| !f.matches(&row)) {
                 continue;
             }
-            let made = self.canonical(side, &key, &row).ok().and_then(|c| self.create_values(side, &key, &c).ok());
+            let made =
+                self.canonical_owned(side, &key, row, shared).ok().and_then(|c| self.create_values(side, &key, c).ok());
             match made {
                 Some((values, base, _))
                     if self.conns[other.index()].key_of(&values).is_none_or(|t| targets.insert(t)) =>
@@ -1112,9 +1114,33 @@ impl<'a> Engine<'a> {
 
     /// The canonical record of a side's row, or the dead letter ops saying why it has none.
     fn canonical(&self, side: Side, key: &Key, row: &Row) -> Result<Row, Vec<Op>> {
+        self.canonical_with(side, key, |f| f.get(side, row))
+    }
+
+    /// [`Engine::canonical`] of a record that is not needed after: values move instead of
+    /// being copied, unless two fields read one column of `side`.
+    fn canonical_owned(&self, side: Side, key: &Key, mut row: Row, shared: bool) -> Result<Row, Vec<Op>> {
+        if shared {
+            return self.canonical(side, key, &row);
+        }
+        self.canonical_with(side, key, |f| f.take(side, &mut row))
+    }
+
+    /// Whether two fields read one column of `side`.
+    fn shared_columns(&self, side: Side) -> bool {
+        let cols: Vec<&Name> = self.spec.fields.iter().flat_map(|f| f.columns(side)).collect();
+        cols.iter().enumerate().any(|(i, c)| cols[i + 1..].contains(c))
+    }
+
+    fn canonical_with(
+        &self,
+        side: Side,
+        key: &Key,
+        mut get: impl FnMut(&FieldMap) -> Result<Value, MapError>,
+    ) -> Result<Row, Vec<Op>> {
         let mut out = Row::new();
         for f in &self.spec.fields {
-            match f.get(side, row) {
+            match get(f) {
                 Ok(v) => {
                     out.insert(f.name.clone(), v);
                 }
@@ -1238,7 +1264,7 @@ impl<'a> Engine<'a> {
         }
 
         // A new record: create it on the other side.
-        let (values, base, revisit) = match self.create_values(side, &key, &canon) {
+        let (values, base, revisit) = match self.create_values(side, &key, canon) {
             Ok(v) => v,
             Err(ops) => {
                 plan.ops_always.extend(ops);
@@ -1263,7 +1289,7 @@ impl<'a> Engine<'a> {
     /// column values, the base to link with, and whether the new record must be read back
     /// (a field that does not flow from `side`, or an empty one the target may fill with a
     /// default). Or the dead letter ops saying why it cannot be created.
-    fn create_values(&self, side: Side, key: &Key, canon: &Row) -> Result<(Row, Row, bool), Vec<Op>> {
+    fn create_values(&self, side: Side, key: &Key, mut canon: Row) -> Result<(Row, Row, bool), Vec<Op>> {
         let other = side.other();
         let mut values = self.spec.defaults[other.index()].clone();
         let mut base = Row::new();
@@ -1273,7 +1299,7 @@ impl<'a> Engine<'a> {
                 revisit = true;
                 continue;
             }
-            let v = canon.get(&f.name).cloned().unwrap_or(Value::Null);
+            let v = canon.remove(&f.name).unwrap_or(Value::Null);
             revisit |= v.is_null();
             match f.put(other, &v, None) {
                 Ok(cols) => values.extend(cols),

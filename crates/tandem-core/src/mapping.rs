@@ -228,6 +228,16 @@ impl FieldMap {
         }
     }
 
+    /// [`FieldMap::get`] that may move the value out of `row` (a renamed column's value).
+    pub fn take(&self, side: Side, row: &mut Row) -> Result<Value, MapError> {
+        let cols = self.columns(side);
+        match &self.transform {
+            Transform::Rename => Ok(row.remove(&cols[0]).unwrap_or(Value::Null)),
+            Transform::SplitName if cols.len() == 1 => Ok(row.remove(&cols[0]).unwrap_or(Value::Null)),
+            _ => self.get(side, row),
+        }
+    }
+
     /// Reads the canonical value of this field from a row of `side`.
     pub fn get(&self, side: Side, row: &Row) -> Result<Value, MapError> {
         let cols = self.columns(side);

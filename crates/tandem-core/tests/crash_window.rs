@@ -139,3 +139,37 @@ fn a_half_applied_merge_keeps_what_it_wrote() {
     assert_eq!(note(&pg, "note"), Value::Text("c".into()), "the ERP's later edit was lost");
     assert_eq!(note(&erp, "memo"), Value::Text("c".into()));
 }
+
+/// An initial load in bulk where two fields read one column: each gets its value (the load
+/// moves values out of the records it reads only where no other field needs them).
+#[test]
+fn a_bulk_load_gives_a_column_read_by_two_fields_to_both() {
+    let mut spec = spec();
+    spec.fields.push(FieldMap {
+        name: "summary".into(),
+        left: vec!["note".into()],
+        right: vec!["summary".into()],
+        transform: Transform::Rename,
+        flow: Flow::From(Side::Left),
+    });
+    let clock = Rc::new(Cell::new(1_000));
+    let fuse = Fuse::default();
+    let mut pg = MemoryTable::new("id", clock.clone(), fuse.clone());
+    let mut erp = MemoryTable::new("no", clock.clone(), fuse.clone());
+    let mut store = FusedStore { inner: Default::default(), fuse };
+    for i in 0..25 {
+        pg.user_insert([("note".into(), Value::Text(format!("n{i}")))].into_iter().collect());
+    }
+    let now = || 2_000;
+    for _ in 0..6 {
+        let mut engine = Engine::new(&spec, &mut store, &mut pg, &mut erp, &now, 10);
+        engine.start().and_then(|_| engine.cycle()).unwrap();
+    }
+    let audit = store.inner.audit(None).unwrap();
+    assert!(audit.iter().any(|a| a.detail.contains("in one batch")), "the load did not go in bulk");
+    assert_eq!(erp.rows.len(), 25);
+    for row in erp.rows.values() {
+        assert!(matches!(row.get("memo"), Some(Value::Text(t)) if t.starts_with('n')), "{row:?}");
+        assert_eq!(row.get("memo"), row.get("summary"), "{row:?}");
+    }
+}
