@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 use tandem_core::mapping::Side;
 use tandem_core::store::{AuditRow, Conflict, DeadLetter, InboxEntry, Intent, Link, Op, StateStore, StoreError};
-use tandem_core::value::{row_from_json, row_to_json, Key, Row, Value};
+use tandem_core::value::{pair_from_json_value, pair_to_json, row_from_json, row_to_json, Key, Row, Value};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cursors (sync TEXT NOT NULL, side TEXT NOT NULL, pos INTEGER NOT NULL, PRIMARY KEY (sync, side));
@@ -24,10 +24,7 @@ CREATE TABLE IF NOT EXISTS meta (sync TEXT NOT NULL, name TEXT NOT NULL, value T
 
 /// Reads the `[left, right]` JSON of a link's pending values.
 fn pending_from_json(text: &str) -> [Row; 2] {
-    match serde_json::from_str::<Vec<serde_json::Value>>(text) {
-        Ok(v) if v.len() == 2 => [row_from_json(&v[0].to_string()), row_from_json(&v[1].to_string())],
-        _ => Default::default(),
-    }
+    serde_json::from_str(text).map(|j| pair_from_json_value(&j)).unwrap_or_default()
 }
 
 fn err(what: &str, e: rusqlite::Error) -> StoreError {
@@ -340,8 +337,7 @@ impl SqliteStore {
     /// updated in place (no index changes). Otherwise, or when there was none, OR REPLACE
     /// removes a link holding either key (primary key or unique right key) and inserts this one.
     fn put_link(tx: &rusqlite::Transaction<'_>, sync: &str, link: &Link, update_first: bool) -> rusqlite::Result<()> {
-        let pending = (!link.pending.iter().all(Row::is_empty))
-            .then(|| format!("[{},{}]", row_to_json(&link.pending[0]), row_to_json(&link.pending[1])));
+        let pending = (!link.pending.iter().all(Row::is_empty)).then(|| pair_to_json(&link.pending));
         let p = params![
             sync,
             link.left.as_str(),

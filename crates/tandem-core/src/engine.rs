@@ -11,7 +11,7 @@ use crate::mapping::{FieldMap, Flow, MapError, Side};
 use crate::merge::{merge, Decision};
 use crate::rules::{DeleteRule, OnPositionLost, SyncSpec};
 use crate::store::{AuditRow, Conflict, DeadLetter, InboxEntry, Intent, Link, Op, StateStore, StoreError};
-use crate::value::{row_from_json_value, row_to_json, Key, Name, Row, Value};
+use crate::value::{pair_from_json_value, pair_to_json, Key, Name, Row, Value};
 use std::collections::{HashMap, HashSet};
 
 /// An engine step failed; the step's effects were not committed and it is retried.
@@ -266,23 +266,20 @@ const PENDING: &str = "pending_writes";
 
 fn pending_to_json(pending: &[&(Key, [Row; 2])]) -> String {
     let mut out = String::from("[");
-    for (i, (left, [l, r])) in pending.iter().enumerate() {
+    for (i, (left, pair)) in pending.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         let key = serde_json::to_string(left.as_str()).expect("a key encodes");
-        out.push_str(&format!("[{key},{},{}]", row_to_json(l), row_to_json(r)));
+        out.push_str(&format!("[{key},{}]", pair_to_json(pair)));
     }
     out.push(']');
     out
 }
 
 fn pending_from_json(text: &str) -> Option<Vec<(Key, [Row; 2])>> {
-    let items: Vec<(String, serde_json::Value, serde_json::Value)> = serde_json::from_str(text).ok()?;
-    items
-        .into_iter()
-        .map(|(k, l, r)| Some((Key::parse(&k)?, [row_from_json_value(&l), row_from_json_value(&r)])))
-        .collect()
+    let items: Vec<(String, serde_json::Value)> = serde_json::from_str(text).ok()?;
+    items.into_iter().map(|(k, pair)| Some((Key::parse(&k)?, pair_from_json_value(&pair)))).collect()
 }
 
 impl<'a> Engine<'a> {

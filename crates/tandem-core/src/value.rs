@@ -65,18 +65,6 @@ impl From<String> for Name {
     }
 }
 
-impl From<&String> for Name {
-    fn from(s: &String) -> Name {
-        Name(s.as_str().into())
-    }
-}
-
-impl From<Name> for String {
-    fn from(n: Name) -> String {
-        n.0.to_string()
-    }
-}
-
 impl PartialEq<str> for Name {
     fn eq(&self, other: &str) -> bool {
         &*self.0 == other
@@ -110,12 +98,6 @@ impl fmt::Debug for Name {
 impl serde::Serialize for Name {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Name {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
-        String::deserialize(d).map(Name::from)
     }
 }
 
@@ -350,6 +332,19 @@ impl<'de> serde::Deserialize<'de> for JsonCell {
             }
         }
         d.deserialize_any(CellVisitor)
+    }
+}
+
+/// Encodes a `[left, right]` pair of rows (a link's pending values) as JSON.
+pub fn pair_to_json(pair: &[Row; 2]) -> String {
+    format!("[{},{}]", row_to_json(&pair[0]), row_to_json(&pair[1]))
+}
+
+/// Reads [`pair_to_json`]'s form from parsed JSON; anything else gives two empty rows.
+pub fn pair_from_json_value(j: &serde_json::Value) -> [Row; 2] {
+    match j.as_array().map(Vec::as_slice) {
+        Some([l, r]) => [row_from_json_value(l), row_from_json_value(r)],
+        _ => Default::default(),
     }
 }
 
