@@ -3,8 +3,15 @@
 //! of whole transactions after a position, and the boundary the stream has reached.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 use tandem_core::connector::{ChangePage, Touched};
 use tandem_core::value::Key;
+
+/// How long a page of changes waits for the stream to reach the server's current position.
+pub(crate) const STREAM_WAIT: Duration = Duration::from_secs(2);
+/// How long past its wait a page goes on taking events that have already arrived (a stream
+/// that never pauses must not hold the engine).
+pub(crate) const DRAIN: Duration = Duration::from_millis(50);
 
 struct Done {
     end: u64,

@@ -152,8 +152,11 @@ pub trait Connector {
     fn identity(&mut self) -> Result<Option<String>, ConnectorError>;
     /// The position of the latest change in the stream (where a fresh capture starts).
     fn head(&mut self) -> Result<u64, ConnectorError>;
-    /// Up to `limit` changes after position `after`, in order.
-    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError>;
+    /// Up to `limit` changes after position `after`, in order. With `wait`, a stream that has
+    /// not caught up with the system's current position yet is waited for, briefly; without,
+    /// only what has arrived is returned (`behind` tells that more exists), because the engine
+    /// has other work meanwhile (an initial load, a backlog of changes to merge).
+    fn changes(&mut self, after: u64, limit: usize, wait: bool) -> Result<ChangePage, ConnectorError>;
     /// Forgets changes up to and including `upto`: they are durable in Tandem's state.
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError>;
     /// The commit time of the latest not yet trimmed change to `key`.

@@ -750,14 +750,18 @@ impl<'a> Engine<'a> {
     /// one commit; only then are the sources told the positions are done. When the inbox is
     /// empty and the changes fit one batch they are handed to [`Engine::process`] directly
     /// instead: the commit that records their outcome then also moves the cursors (nothing is
-    /// acknowledged to a source before that).
+    /// acknowledged to a source before that). A stream is waited for only when there is
+    /// nothing else to do: during an initial load or with changes waiting in the inbox, each
+    /// round takes what the streams have delivered and goes on with its other work.
     fn capture(&mut self, report: &mut Report) -> Result<Option<Direct>, EngineError> {
         let mut ops = Vec::new();
         let mut trims = Vec::new();
         let mut entries = Vec::new();
+        let inbox_empty = self.store.inbox(&self.spec.name, 1)?.is_empty();
+        let wait = inbox_empty && report.loaded == [0, 0];
         for side in [Side::Left, Side::Right] {
             let cursor = self.store.cursor(&self.spec.name, side)?.unwrap_or(0);
-            let page = self.conns[side.index()].changes(cursor, self.batch).map_err(self.conn_err(side))?;
+            let page = self.conns[side.index()].changes(cursor, self.batch, wait).map_err(self.conn_err(side))?;
             report.behind |= page.behind;
             if page.touched.is_empty() && page.next <= cursor {
                 continue;
@@ -783,10 +787,7 @@ impl<'a> Engine<'a> {
             return Ok(None);
         }
         let direct = Direct { entries, ops, trims };
-        if !direct.entries.is_empty()
-            && direct.entries.len() <= self.batch
-            && self.store.inbox(&self.spec.name, 1)?.is_empty()
-        {
+        if !direct.entries.is_empty() && direct.entries.len() <= self.batch && inbox_empty {
             return Ok(Some(direct));
         }
         self.commit_capture(direct)?;

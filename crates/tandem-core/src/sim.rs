@@ -82,6 +82,9 @@ pub struct MemoryTable {
     pub refuse_bulk: bool,
     /// The table cannot say when a record last changed (as PostgreSQL's capture cannot).
     pub no_change_times: bool,
+    /// The `wait` of each `changes` call, in order: whether the engine would have waited for
+    /// a stream to catch up.
+    pub waits: Vec<bool>,
 }
 
 impl MemoryTable {
@@ -104,6 +107,7 @@ impl MemoryTable {
             mapped_key: false,
             refuse_bulk: false,
             no_change_times: false,
+            waits: Vec::new(),
         }
     }
 
@@ -240,8 +244,9 @@ impl Connector for MemoryTable {
         Ok(self.next_pos)
     }
 
-    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError> {
+    fn changes(&mut self, after: u64, limit: usize, wait: bool) -> Result<ChangePage, ConnectorError> {
         self.gate()?;
+        self.waits.push(wait);
         let touched: Vec<Touched> = self.log.iter().filter(|t| t.pos > after).take(limit).cloned().collect();
         let next = touched.last().map(|t| t.pos).unwrap_or(after);
         Ok(ChangePage { touched, next, behind: false, label: None })

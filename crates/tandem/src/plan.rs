@@ -59,9 +59,9 @@ impl Connector for DryRun {
             self.inner.head()
         }
     }
-    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError> {
+    fn changes(&mut self, after: u64, limit: usize, wait: bool) -> Result<ChangePage, ConnectorError> {
         if !self.pretended && self.inner.changes_read_only() {
-            self.inner.changes(after, limit)
+            self.inner.changes(after, limit, wait)
         } else {
             Ok(ChangePage { touched: Vec::new(), next: after, behind: false, label: None })
         }

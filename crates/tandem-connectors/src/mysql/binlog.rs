@@ -8,7 +8,7 @@
 //! annotations, checkpoints) to a client like this one as `BEGIN` or dummy query events.
 
 use super::codec::{int, Kind};
-use crate::commits::Commits;
+use crate::commits::{Commits, DRAIN};
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::binlog::value::BinlogValue;
@@ -233,8 +233,8 @@ impl Capture {
     }
 
     /// Receives events until the stream has reached `until` (the server's binlog position when
-    /// the call began) or `limit` keys are pending, for at most `wait`; then returns the
-    /// complete transactions after `after`.
+    /// the call began) or `limit` keys are pending, for at most `wait` (zero: only the events
+    /// already received); then returns the complete transactions after `after`.
     pub(crate) async fn changes(
         &mut self,
         after: u64,
@@ -244,11 +244,13 @@ impl Capture {
     ) -> Result<ChangePage, ConnectorError> {
         let deadline = Instant::now() + wait;
         while self.commits.pending_keys(after) < limit && !self.commits.reached(after, until, self.open.is_some()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let now = Instant::now();
+            if now > deadline + DRAIN {
                 break;
             }
-            match tokio::time::timeout(left, self.stream.next()).await {
+            // Unconstrained: with no time left, the events already here are still taken.
+            let left = deadline.saturating_duration_since(now);
+            match tokio::task::unconstrained(tokio::time::timeout(left, self.stream.next())).await {
                 Ok(Some(Ok(ev))) => self.handle(ev)?,
                 Ok(Some(Err(e))) => return Err(stream_err(e)),
                 Ok(None) => return Err(err(ErrorKind::Unavailable, "the binlog stream ended".into())),

@@ -7,6 +7,7 @@ mod zone;
 pub use zone::Zone;
 pub(crate) mod codec;
 
+use crate::commits::STREAM_WAIT;
 use crate::postgres::tls::{split_url, SslMode};
 use binlog::{pos, split, Capture, Target, WRITES_TABLE};
 
@@ -840,7 +841,7 @@ impl Connector for MyTable {
         Ok(self.master()?.1)
     }
 
-    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError> {
+    fn changes(&mut self, after: u64, limit: usize, wait: bool) -> Result<ChangePage, ConnectorError> {
         let (base, until) = self.master()?;
         if self.capture.is_none() {
             let target = self.target();
@@ -849,7 +850,8 @@ impl Connector for MyTable {
             self.capture = Some(capture);
         }
         let capture = self.capture.as_mut().expect("started above");
-        let page = self.rt.block_on(capture.changes(after, limit, until, Duration::from_secs(2)));
+        let page =
+            self.rt.block_on(capture.changes(after, limit, until, if wait { STREAM_WAIT } else { Duration::ZERO }));
         match page {
             Ok(mut p) => {
                 if p.next > after && self.labelled.is_none_or(|t| t.elapsed() >= LABEL_EVERY) {

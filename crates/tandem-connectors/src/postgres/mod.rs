@@ -10,6 +10,7 @@ mod codec;
 mod stream;
 pub(crate) mod tls;
 
+use crate::commits::STREAM_WAIT;
 use codec::{copy_text, fits, from_text, key_value, to_text};
 use pgwire_replication::{Lsn, ReplicationConfig};
 use std::sync::Arc;
@@ -1026,7 +1027,7 @@ impl Connector for PgTable {
         }
     }
 
-    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError> {
+    fn changes(&mut self, after: u64, limit: usize, wait: bool) -> Result<ChangePage, ConnectorError> {
         if self.capture.is_none() {
             let password =
                 self.url.config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
@@ -1053,7 +1054,8 @@ impl Connector for PgTable {
             .parse()
             .unwrap_or(0);
         let capture = self.capture.as_mut().expect("started above");
-        let page = self.rt.block_on(capture.changes(after, limit, until, Duration::from_secs(2)));
+        let page =
+            self.rt.block_on(capture.changes(after, limit, until, if wait { STREAM_WAIT } else { Duration::ZERO }));
         match &page {
             Err(_) => self.stop_capture(),
             Ok(p) if !p.touched.is_empty() => self.read_ahead = None,

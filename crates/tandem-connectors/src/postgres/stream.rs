@@ -10,7 +10,7 @@
 //! pile up behind an idle slot.
 
 use super::codec::from_text;
-use crate::commits::Commits;
+use crate::commits::{Commits, DRAIN};
 use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use std::collections::HashMap;
@@ -159,8 +159,8 @@ impl Capture {
     }
 
     /// Receives events until the stream has reached `until` (the server's flushed WAL position
-    /// when the call began) or `limit` keys are pending, for at most `wait`; then returns the
-    /// complete transactions after `after`.
+    /// when the call began) or `limit` keys are pending, for at most `wait` (zero: only the
+    /// events already received); then returns the complete transactions after `after`.
     pub(crate) async fn changes(
         &mut self,
         after: u64,
@@ -170,11 +170,13 @@ impl Capture {
     ) -> Result<ChangePage, ConnectorError> {
         let deadline = Instant::now() + wait;
         while self.commits.pending_keys(after) < limit && !self.commits.reached(after, until, self.open.is_some()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let now = Instant::now();
+            if now > deadline + DRAIN {
                 break;
             }
-            match tokio::time::timeout(left, self.client.recv()).await {
+            // Unconstrained: with no time left, the events already here are still taken.
+            let left = deadline.saturating_duration_since(now);
+            match tokio::task::unconstrained(tokio::time::timeout(left, self.client.recv())).await {
                 Ok(Ok(Some(ev))) => self.handle(ev)?,
                 Ok(Ok(None)) => return Err(err(ErrorKind::Unavailable, "the replication stream ended".into())),
                 Ok(Err(e)) => return Err(err(ErrorKind::Unavailable, format!("replication stream: {e}"))),

@@ -396,7 +396,7 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             .map_err(|e| sql_err(self.ctx("reading change log head"), e))
     }
 
-    fn changes(&mut self, after: u64, limit: usize) -> Result<ChangePage, ConnectorError> {
+    fn changes(&mut self, after: u64, limit: usize, _wait: bool) -> Result<ChangePage, ConnectorError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT id, pk, at FROM _tandem_changes WHERE tbl = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
