@@ -96,11 +96,50 @@ pub(crate) fn int(kind: Kind, i: i64) -> Value {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(bytes, &mut out);
+    String::from_utf8(out).expect("hexadecimal digits are ASCII")
+}
+
+fn push_hex(bytes: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
     }
-    s
+}
+
+/// Appends `v` as one field of `LOAD DATA`'s default text format (fields separated by tabs,
+/// `\` escapes, `\N` for NULL, so an empty string stays an empty string). With `hex` the
+/// field is the value's bytes in hexadecimal, for a column loaded through `UNHEX` (blobs).
+pub(crate) fn load_field(v: &Value, hex: bool, out: &mut Vec<u8>) -> Result<(), String> {
+    match v {
+        Value::Null => out.extend_from_slice(b"\\N"),
+        Value::Text(s) if hex => push_hex(s.as_bytes(), out),
+        Value::Bytes(b) if hex => push_hex(b, out),
+        Value::Bytes(_) => return Err("a blob for a column loaded as text".into()),
+        Value::Text(s) => {
+            for &b in s.as_bytes() {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    0 => out.extend_from_slice(b"\\0"),
+                    _ => out.push(b),
+                }
+            }
+        }
+        other => {
+            let text = literal(other)?;
+            if hex {
+                push_hex(text.as_bytes(), out);
+            } else {
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The SQL literal of a value, or why it cannot be written.
@@ -168,6 +207,25 @@ mod tests {
         assert_eq!(int(Kind::Int { unsigned: true, bits: 8 }, -56), Value::Int(200));
         assert_eq!(int(Kind::Int { unsigned: false, bits: 32 }, -1), Value::Int(-1));
         assert_eq!(int(Kind::Int { unsigned: true, bits: 64 }, -1), Value::Text("18446744073709551615".into()));
+    }
+
+    #[test]
+    fn load_fields_escape_what_the_format_reads_specially() {
+        let field = |v: Value, hex: bool| {
+            let mut out = Vec::new();
+            load_field(&v, hex, &mut out).map(|()| String::from_utf8(out).unwrap())
+        };
+        assert_eq!(field(Value::Text("a\tb\nc\\N\r\0 🦀".into()), false).unwrap(), "a\\tb\\nc\\\\N\\r\\0 🦀");
+        assert_eq!(field(Value::Null, false).unwrap(), "\\N");
+        assert_eq!(field(Value::Null, true).unwrap(), "\\N");
+        assert_eq!(field(Value::Text(String::new()), false).unwrap(), "");
+        assert_eq!(field(Value::Bytes(vec![0, 255, 16]), true).unwrap(), "00ff10");
+        assert_eq!(field(Value::Text("\\N".into()), true).unwrap(), "5c4e");
+        assert_eq!(field(Value::Int(-7), false).unwrap(), "-7");
+        assert_eq!(field(Value::Bool(true), false).unwrap(), "1");
+        assert_eq!(field(Value::Float(-1.5e300), false).unwrap(), "-1.5e300");
+        assert!(field(Value::Float(f64::NAN), false).is_err());
+        assert!(field(Value::Bytes(vec![1]), false).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use binlog::{pos, split, Capture, Target, WRITES_TABLE};
 
 /// Where Tandem remembers the records it creates until their links are durable.
 const INTENTS_TABLE: &str = "_tandem_intents";
-use codec::{decode, ident, key_value, literal, Kind};
+use codec::{decode, ident, key_value, literal, load_field, Kind};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 use std::collections::HashMap;
@@ -282,6 +282,16 @@ pub struct MyTable {
     snapshot: Option<Conn>,
     /// When the position label (with its GTID) was last made, see [`LABEL_EVERY`].
     labelled: Option<Instant>,
+    /// Bulk loads go through `LOAD DATA LOCAL INFILE` (off once the server refused it).
+    load_local: bool,
+}
+
+/// Why a `LOAD DATA` of a page wrote nothing.
+enum Load {
+    /// The server refused or adjusted rows of the page.
+    Refused(String),
+    /// The server does not take `LOAD DATA LOCAL INFILE`.
+    Disabled(String),
 }
 
 /// How often the position Tandem has read up to gets a new label for `tandem status`. MariaDB
@@ -344,6 +354,7 @@ impl MyTable {
             pinned: Vec::new(),
             snapshot: None,
             labelled: None,
+            load_local: true,
         })
     }
 
@@ -428,14 +439,68 @@ impl MyTable {
     /// The SQL literal of a value for column `col`: instants go into `TIMESTAMP` as UTC and
     /// into `DATETIME` as the configured zone's wall clock.
     fn lit(&self, col: &str, v: &Value) -> Result<String, String> {
+        match self.stored(col, v)? {
+            Some(wall) => literal(&wall),
+            None => literal(v),
+        }
+    }
+
+    /// What the column stores for `v` where that is not `v` itself: an instant in a DATETIME
+    /// or TIMESTAMP column is written as its wall time (in the configured zone, or UTC).
+    fn stored(&self, col: &str, v: &Value) -> Result<Option<Value>, String> {
         if let (Some(c), Value::Text(t)) = (self.column(col), v) {
             if c.data_type == "timestamp" || c.data_type == "datetime" {
                 let wall = zone::write_instant(t, c.data_type == "timestamp", self.url.datetime_zone.as_ref())
                     .map_err(|e| format!("column {}.{col}: the value {e}", self.table))?;
-                return literal(&Value::Text(wall));
+                return Ok(Some(Value::Text(wall)));
             }
         }
-        literal(v)
+        Ok(None)
+    }
+
+    /// A page of new rows (all setting the same columns) as `LOAD DATA LOCAL INFILE`: the
+    /// statement and the data it reads. Blob columns (and any column given a blob) travel in
+    /// hexadecimal through `UNHEX`.
+    fn load_data(&self, rows: &[Row]) -> Result<(String, Vec<u8>), String> {
+        let Some(first) = rows.first() else { return Err("no rows".into()) };
+        let cols: Vec<&Name> = first.keys().collect();
+        let hex: Vec<bool> = cols
+            .iter()
+            .map(|c| {
+                self.column(c).is_some_and(|x| x.kind == Kind::Bytes)
+                    || rows.iter().any(|r| matches!(r.get(*c), Some(Value::Bytes(_))))
+            })
+            .collect();
+        let mut data = Vec::with_capacity(rows.len() * 256);
+        for r in rows {
+            for (i, (c, v)) in r.iter().enumerate() {
+                if i > 0 {
+                    data.push(b'\t');
+                }
+                match self.stored(c, v)? {
+                    Some(wall) => load_field(&wall, hex[i], &mut data)?,
+                    None => load_field(v, hex[i], &mut data)?,
+                }
+            }
+            data.push(b'\n');
+        }
+        let targets: Vec<String> =
+            cols.iter().enumerate().map(|(i, c)| if hex[i] { format!("@v{i}") } else { ident(c) }).collect();
+        let sets: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| hex[*i])
+            .map(|(i, c)| format!("{} = UNHEX(@v{i})", ident(c)))
+            .collect();
+        let mut sql = format!(
+            "LOAD DATA LOCAL INFILE 'tandem' INTO TABLE {} CHARACTER SET utf8mb4 ({})",
+            self.qualified(),
+            targets.join(", ")
+        );
+        if !sets.is_empty() {
+            sql.push_str(&format!(" SET {}", sets.join(", ")));
+        }
+        Ok((sql, data))
     }
 
     fn key_literals(&self, key: &Key) -> Result<Vec<String>, ConnectorError> {
@@ -741,6 +806,96 @@ impl MyTable {
                 (0..rows.len() as i64).map(|i| Key::from_values(&[Value::Int(first + i * step)])).collect()
             }
         }))
+    }
+
+    /// [`Connector::bulk_insert`] of rows whose keys are known: `LOAD DATA LOCAL INFILE` (far
+    /// cheaper for the server than INSERT statements) runs on the I/O thread while the caller
+    /// makes its state durable; the transaction commits only after that. With `LOCAL` the
+    /// server turns a taken key or a value it has to adjust into a skipped row or a warning
+    /// instead of an error: any of those refuses the whole page (nothing is written), so its
+    /// rows go one by one and each gets its own outcome.
+    fn bulk_load(
+        &mut self,
+        batch: &str,
+        rows: &[Row],
+        keys: Vec<Key>,
+        before_commit: &mut dyn FnMut(&[Key]) -> bool,
+    ) -> Result<Result<(), RowError>, ConnectorError> {
+        use futures_util::StreamExt;
+        let (sql, data) = match self.load_data(rows) {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(RowError::new(None, None, e))),
+        };
+        let label = self.label();
+        let expected = rows.len() as u64;
+        self.conn()?;
+        let mut conn = self.conn.take().expect("connected above");
+        let (name, table, batch) = (self.name.clone(), self.table.clone(), batch.to_string());
+        let task = self.rt.spawn(async move {
+            let loaded = async {
+                conn.query_drop("START TRANSACTION").await?;
+                Self::mark_own(&mut conn, &name).await?;
+                let mut data = bytes::Bytes::from(data);
+                let mut parts = Vec::new();
+                while !data.is_empty() {
+                    parts.push(Ok(data.split_to(data.len().min(1 << 20))));
+                }
+                conn.set_infile_handler(async move { Ok(futures_util::stream::iter(parts).boxed()) });
+                let refused = match conn.query_drop(sql).await {
+                    Ok(()) if conn.affected_rows() == expected && conn.get_warnings() == 0 => None,
+                    Ok(()) => Some(Load::Refused(format!(
+                        "{} loaded {} of {expected} rows with {} warnings (a key taken, or a value it had to adjust)",
+                        table,
+                        conn.affected_rows(),
+                        conn.get_warnings()
+                    ))),
+                    // LOCAL INFILE is off on the server (or the client side of it).
+                    Err(mysql_async::Error::Server(s)) if matches!(s.code, 1148 | 3948 | 4166) => {
+                        Some(Load::Disabled(s.message))
+                    }
+                    Err(e) if row_refusal(&e).is_some() => Some(Load::Refused(e.to_string())),
+                    Err(e) => return Err(e),
+                };
+                if refused.is_none() {
+                    conn.exec_drop(
+                        "INSERT INTO _tandem_intents (id, tbl, pk) VALUES (?, ?, '[]') ON DUPLICATE KEY UPDATE pk = pk",
+                        (batch, &table),
+                    )
+                    .await?;
+                }
+                Ok(refused)
+            }
+            .await;
+            (conn, loaded)
+        });
+        let go_on = before_commit(&keys);
+        let (mut conn, loaded) = self.rt.block_on(task).unwrap_or_else(|e| panic!("the LOAD DATA task failed: {e}"));
+        let mut conn = match loaded {
+            Ok(None) => conn,
+            Ok(Some(refused)) => {
+                let _ = self.rt.block_on(conn.query_drop("ROLLBACK"));
+                self.conn = Some(conn);
+                let reason = match refused {
+                    Load::Refused(why) => why,
+                    Load::Disabled(why) => {
+                        tracing::warn!(table = %self.table, "LOAD DATA LOCAL INFILE refused ({why}); bulk loads use INSERT");
+                        self.load_local = false;
+                        why
+                    }
+                };
+                return Ok(Err(RowError::new(None, None, reason)));
+            }
+            // The connection is in an unknown state: it is dropped (the transaction with it).
+            Err(e) => return Err(my_err(format_args!("loading into {label}"), e)),
+        };
+        if !go_on {
+            let _ = self.rt.block_on(conn.query_drop("ROLLBACK"));
+            self.conn = Some(conn);
+            return Err(ConnectorError::new(ErrorKind::Unavailable, format!("load into {label} abandoned")));
+        }
+        self.rt.block_on(conn.query_drop("COMMIT")).map_err(|e| my_err(format_args!("committing to {label}"), e))?;
+        self.conn = Some(conn);
+        Ok(Ok(()))
     }
 
     async fn mark_own(conn: &mut Conn, name: &str) -> Result<(), mysql_async::Error> {
@@ -1168,6 +1323,11 @@ impl Connector for MyTable {
         if !rows.windows(2).all(|w| w[0].keys().eq(w[1].keys())) {
             return Ok(Err(RowError::new(None, None, "the rows of this batch set different columns")));
         }
+        if self.load_local {
+            if let Some(keys) = rows.iter().map(|r| self.key_of(r)).collect::<Option<Vec<Key>>>() {
+                return self.bulk_load(batch, &rows, keys, before_commit);
+            }
+        }
         let label = self.label();
         self.conn()?;
         let mut conn = self.conn.take().expect("connected above");
@@ -1255,38 +1415,72 @@ mod tests {
     use super::binlog::file_number;
     use super::*;
 
-    /// Against the machine's MariaDB (scripts/mariadb-setup), in a database of its own.
+    /// A database of its own on the machine's MariaDB (scripts/mariadb-setup), dropped however
+    /// the test ends.
+    struct TestDb {
+        rt: tokio::runtime::Runtime,
+        admin: Conn,
+        name: String,
+    }
+
+    impl TestDb {
+        fn new(tag: &str) -> TestDb {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let server = MyUrl::parse("mysql://root@127.0.0.1:3306/mysql").unwrap();
+            let admin = rt.block_on(Conn::new(server.opts.clone())).unwrap();
+            let mut db = TestDb { rt, admin, name: format!("tandem_t_{tag}_{}", std::process::id()) };
+            db.run(&format!("DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}", db.name));
+            db
+        }
+
+        /// Runs statements, `{db}` standing for the test's database.
+        fn run(&mut self, sql: &str) {
+            let sql = sql.replace("{db}", &self.name);
+            self.rt.block_on(self.admin.query_drop(sql)).unwrap();
+        }
+
+        /// The rows of a query, each as its columns' text joined by `|` (NULL as `NULL`).
+        fn rows(&mut self, sql: &str) -> Vec<String> {
+            let sql = sql.replace("{db}", &self.name);
+            let rows: Vec<mysql_async::Row> = self.rt.block_on(self.admin.query(sql)).unwrap();
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| match r.as_ref(i) {
+                            Some(mysql_async::Value::NULL) | None => "NULL".to_string(),
+                            Some(mysql_async::Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                            Some(v) => v.as_sql(true),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect()
+        }
+
+        fn url(&self) -> MyUrl {
+            MyUrl::parse(&format!("mysql://root@127.0.0.1:3306/{}", self.name)).unwrap()
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let sql = format!("DROP DATABASE IF EXISTS {}", self.name);
+            let _ = self.rt.block_on(self.admin.query_drop(sql));
+        }
+    }
+
     #[test]
     fn an_initial_load_reads_one_consistent_snapshot() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let db = format!("tandem_t_snapshot_{}", std::process::id());
-        let server = MyUrl::parse("mysql://root@127.0.0.1:3306/mysql").unwrap();
-        let mut admin = rt.block_on(Conn::new(server.opts.clone())).unwrap();
-        let run = |c: &mut Conn, sql: String| rt.block_on(c.query_drop(sql)).unwrap();
-        run(&mut admin, format!("CREATE DATABASE {db}"));
-        /// Drops the test's database however the test ends.
-        struct Cleanup(MyUrl, String);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                let (url, db) = (self.0.opts.clone(), self.1.clone());
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    let _ = rt.block_on(async move {
-                        Conn::new(url).await?.query_drop(format!("DROP DATABASE IF EXISTS {db}")).await
-                    });
-                }
-            }
-        }
-        let _cleanup = Cleanup(server.clone(), db.clone());
-        run(&mut admin, format!("CREATE TABLE {db}.t (id INT PRIMARY KEY, v TEXT)"));
-        run(&mut admin, format!("INSERT INTO {db}.t SELECT seq, 'original' FROM seq_1_to_10"));
-        let url = MyUrl::parse(&format!("mysql://root@127.0.0.1:3306/{db}")).unwrap();
-        let mut t = MyTable::open(&url, "t", &["id".to_string()], "s", "left").unwrap();
+        let mut db = TestDb::new("snapshot");
+        db.run("CREATE TABLE {db}.t (id INT PRIMARY KEY, v TEXT)");
+        db.run("INSERT INTO {db}.t SELECT seq, 'original' FROM seq_1_to_10");
+        let mut t = MyTable::open(&db.url(), "t", &["id".to_string()], "s", "left").unwrap();
         let ids = |page: &[(Key, Row)]| page.iter().map(|(k, _)| k.as_str().to_string()).collect::<Vec<_>>();
         let first = t.scan(None, 5).unwrap();
         assert_eq!(ids(&first), ["[1]", "[2]", "[3]", "[4]", "[5]"]);
         // Written after the load began: not in the load's pages (capture brings them).
-        run(&mut admin, format!("UPDATE {db}.t SET v = 'changed' WHERE id = 7"));
-        run(&mut admin, format!("INSERT INTO {db}.t VALUES (11, 'new')"));
+        db.run("UPDATE {db}.t SET v = 'changed' WHERE id = 7");
+        db.run("INSERT INTO {db}.t VALUES (11, 'new')");
         let second = t.scan(first.last().map(|(k, _)| k), 5).unwrap();
         assert_eq!(second[1].1.get("v"), Some(&Value::Text("original".into())), "read outside the snapshot");
         let third = t.scan(second.last().map(|(k, _)| k), 5).unwrap();
@@ -1294,6 +1488,61 @@ mod tests {
         // The load is done; a new one sees the present.
         let again = t.scan(None, 20).unwrap();
         assert_eq!(again.len(), 11);
+    }
+
+    /// A bulk page goes in by LOAD DATA with every value as it was (the format's special
+    /// characters, NULL against '', blobs); a page with a key that is taken writes nothing and
+    /// is refused, where LOAD DATA LOCAL alone would skip that row and load the rest.
+    #[test]
+    fn a_bulk_page_loads_exact_values_and_a_taken_key_refuses_the_whole_page() {
+        let mut db = TestDb::new("bulk");
+        db.run("CREATE TABLE {db}.t (id INT PRIMARY KEY, v TEXT, b BLOB, d DATETIME(6))");
+        db.run("INSERT INTO {db}.t VALUES (2, 'was here', NULL, NULL)");
+        let mut t = MyTable::open(&db.url(), "t", &["id".to_string()], "s", "right").unwrap();
+        t.install().unwrap();
+        let row = |id: i64, v: Value, b: Value| -> Row {
+            [("id".into(), Value::Int(id)), ("v".into(), v), ("b".into(), b), ("d".into(), Value::Null)]
+                .into_iter()
+                .collect()
+        };
+        let text = |s: &str| Value::Text(s.into());
+        let mut asked = Vec::new();
+        let page =
+            vec![row(1, text("one"), Value::Null), row(2, text("two"), Value::Null), row(3, text("x"), Value::Null)];
+        let out = t
+            .bulk_insert("s:1:bulk:left:1", page, &mut |keys: &[Key]| {
+                asked.extend(keys.iter().map(|k| k.as_str().to_string()));
+                true
+            })
+            .unwrap();
+        assert!(out.is_err(), "a page with a taken key was accepted");
+        assert_eq!(asked, ["[1]", "[2]", "[3]"]);
+        assert_eq!(db.rows("SELECT id, v FROM {db}.t ORDER BY id"), ["2|was here"]);
+        assert!(t.created("s:1:bulk:left:1").unwrap().is_none(), "a refused page left its marker");
+
+        let tricky = "tab\there\nnew line \\N back\\slash \r\0 🦀 'q' \"d\"";
+        let mut page = vec![
+            row(4, text(tricky), Value::Bytes(vec![0, 9, 10, 92, 255])),
+            row(5, text(""), Value::Bytes(Vec::new())),
+            row(6, Value::Null, Value::Null),
+            row(7, text("\\N"), text("text in a blob")),
+        ];
+        page[0].insert("d".into(), text("2026-11-26 13:14:15.5"));
+        let out = t.bulk_insert("s:1:bulk:left:2", page, &mut |_: &[Key]| true).unwrap();
+        assert!(out.is_ok(), "{out:?}");
+        assert!(t.created("s:1:bulk:left:2").unwrap().is_some());
+        assert_eq!(
+            db.rows("SELECT id, v IS NULL, v = '', HEX(b), b IS NULL, d FROM {db}.t WHERE id > 3 ORDER BY id"),
+            [
+                "4|0|0|00090A5CFF|0|2026-11-26 13:14:15.500000",
+                "5|0|1||0|NULL",
+                "6|1|NULL|NULL|1|NULL",
+                "7|0|0|7465787420696E206120626C6F62|0|NULL"
+            ]
+        );
+        let read = t.read(&[Key::from_values(&[Value::Int(4)]), Key::from_values(&[Value::Int(7)])]).unwrap();
+        assert_eq!(read[0].as_ref().and_then(|r| r.get("v")), Some(&text(tricky)));
+        assert_eq!(read[1].as_ref().and_then(|r| r.get("v")), Some(&text("\\N")));
     }
 
     #[test]
