@@ -753,15 +753,36 @@ impl<'a> Engine<'a> {
     /// acknowledged to a source before that). A stream is waited for only when there is
     /// nothing else to do: during an initial load or with changes waiting in the inbox, each
     /// round takes what the streams have delivered and goes on with its other work.
+    ///
+    /// A round takes at most a batch of changes: up to half from each side, and a side with
+    /// more fills what the other left. Neither side can hold the other up, and with an empty
+    /// inbox a busy round's changes still fit one batch, merged directly.
     fn capture(&mut self, report: &mut Report) -> Result<Option<Direct>, EngineError> {
         let mut ops = Vec::new();
         let mut trims = Vec::new();
         let mut entries = Vec::new();
         let inbox_empty = self.store.inbox(&self.spec.name, 1)?.is_empty();
         let wait = inbox_empty && report.loaded == [0, 0];
+        let mut pages = Vec::with_capacity(2);
         for side in [Side::Left, Side::Right] {
             let cursor = self.store.cursor(&self.spec.name, side)?.unwrap_or(0);
-            let page = self.conns[side.index()].changes(cursor, self.batch, wait).map_err(self.conn_err(side))?;
+            let half = self.batch.div_ceil(2);
+            let page = self.conns[side.index()].changes(cursor, half, wait).map_err(self.conn_err(side))?;
+            pages.push((side, cursor, page));
+        }
+        let mut room = self.batch.saturating_sub(pages.iter().map(|(_, _, p)| p.touched.len()).sum());
+        for (side, _, page) in &mut pages {
+            if room == 0 || !page.behind {
+                continue;
+            }
+            let more = self.conns[side.index()].changes(page.next, room, false).map_err(self.conn_err(*side))?;
+            room = room.saturating_sub(more.touched.len());
+            page.touched.extend(more.touched);
+            page.next = page.next.max(more.next);
+            page.behind = more.behind;
+            page.label = more.label.or(page.label.take());
+        }
+        for (side, cursor, page) in pages {
             report.behind |= page.behind;
             if page.touched.is_empty() && page.next <= cursor {
                 continue;
