@@ -132,7 +132,8 @@ fn a_backlog_in_the_inbox_is_merged_without_waiting_for_the_streams() {
     let mut start = true;
     for _ in 0..30 {
         clock.set(clock.get() + 10);
-        let inbox_before = store.inbox_len("notes", Side::Left).unwrap() + store.inbox_len("notes", Side::Right).unwrap();
+        let inbox_before =
+            store.inbox_len("notes", Side::Left).unwrap() + store.inbox_len("notes", Side::Right).unwrap();
         let (a, b) = (pg.waits.len(), erp.waits.len());
         let report = {
             let mut engine = Engine::new(&spec, &mut store, &mut pg, &mut erp, &now, 10);
