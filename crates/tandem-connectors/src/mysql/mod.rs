@@ -286,6 +286,9 @@ pub struct MyTable {
     load_local: bool,
 }
 
+/// The columns an update sets and the ones it checks (see [`MyTable::update_shape`]).
+type Shape = (Vec<Name>, Vec<Name>);
+
 /// Why a `LOAD DATA` of a page wrote nothing.
 enum Load {
     /// The server refused or adjusted rows of the page.
@@ -682,6 +685,58 @@ impl MyTable {
             Box::pin(c.exec_first(format!("SELECT count(*) FROM {} WHERE id = ?", ident(WRITES_TABLE)), (name,)))
         })?;
         Ok(row.unwrap_or(0) > 0)
+    }
+
+    /// The columns an update sets and the ones it checks (single-precision floats do not compare
+    /// exactly with their text, so they are not checked): updates of one shape can share a
+    /// statement.
+    fn update_shape(&self, values: &Row, expect: &Row) -> Shape {
+        let checked = expect
+            .keys()
+            .filter(|c| !self.column(c).is_some_and(|x| x.kind == Kind::Float { single: true }))
+            .cloned()
+            .collect();
+        (values.keys().cloned().collect(), checked)
+    }
+
+    /// One UPDATE of many records of one shape (see [`MyTable::update_shape`]), joined to a
+    /// derived table of their keys, new values and expected values: a record changes only while
+    /// it still holds what the engine read, as with [`MyTable::update_sql`]. `None` when a
+    /// value has no literal.
+    fn update_join_sql(&self, shape: &Shape, updates: &[(&Key, &Row, &Row)]) -> Option<String> {
+        let (cols, checked) = shape;
+        let mut selects = Vec::with_capacity(updates.len());
+        for (n, (key, values, expect)) in updates.iter().enumerate() {
+            let mut fields = Vec::with_capacity(self.key.len() + cols.len() + checked.len());
+            let named = |v: String, alias: String| if n == 0 { format!("{v} AS {alias}") } else { v };
+            for (i, v) in self.key_literals(key).ok()?.into_iter().enumerate() {
+                fields.push(named(v, format!("k{i}")));
+            }
+            for (i, c) in cols.iter().enumerate() {
+                fields.push(named(self.lit(c, values.get(c)?).ok()?, format!("c{i}")));
+            }
+            for (i, c) in checked.iter().enumerate() {
+                let v = expect.get(c).cloned().unwrap_or(Value::Null);
+                fields.push(named(self.lit(c, &v).ok()?, format!("x{i}")));
+            }
+            selects.push(format!("SELECT {}", fields.join(", ")));
+        }
+        let on: Vec<String> = self.key.iter().enumerate().map(|(i, k)| format!("t.{} = u.k{i}", ident(k))).collect();
+        let mut sets: Vec<String> = cols.iter().enumerate().map(|(i, c)| format!("t.{} = u.c{i}", ident(c))).collect();
+        sets.extend(self.pinned.iter().filter(|c| !cols.contains(c)).map(|c| format!("t.{0} = t.{0}", ident(c))));
+        let mut sql = format!(
+            "UPDATE {} AS t JOIN ({}) AS u ON {} SET {}",
+            self.qualified(),
+            selects.join(" UNION ALL "),
+            on.join(" AND "),
+            sets.join(", ")
+        );
+        if !checked.is_empty() {
+            let wh: Vec<String> =
+                checked.iter().enumerate().map(|(i, c)| format!("t.{} <=> u.x{i}", ident(c))).collect();
+            sql.push_str(&format!(" WHERE {}", wh.join(" AND ")));
+        }
+        Some(sql)
     }
 
     /// The UPDATE of one record, guarded by the values the engine read (`expect`).
@@ -1186,6 +1241,42 @@ impl Connector for MyTable {
                     }
                 }
             }
+            // Updates of one shape: one statement for up to 500 records, kept when it changed
+            // one row per record; otherwise (a record changed meanwhile or is gone, a value the
+            // server refuses) it is undone and its updates go the ways below.
+            let mut shaped: Vec<(Shape, usize)> = (0..writes.len())
+                .filter(|i| done[*i].is_none())
+                .filter_map(|i| match &writes[i] {
+                    Write::Update { values, expect, .. } => Some((this.update_shape(values, expect), i)),
+                    _ => None,
+                })
+                .collect();
+            shaped.sort();
+            for same in shaped.chunk_by(|a, b| a.0 == b.0) {
+                for chunk in same.chunks(500).filter(|c| c.len() > 1) {
+                    let updates: Vec<(&Key, &Row, &Row)> = chunk
+                        .iter()
+                        .filter_map(|(_, i)| match &writes[*i] {
+                            Write::Update { key, values, expect } => Some((key, values, expect)),
+                            _ => None,
+                        })
+                        .collect();
+                    let Some(sql) = this.update_join_sql(&chunk[0].0, &updates) else { continue };
+                    conn.query_drop("SAVEPOINT tandem_batch").await?;
+                    let all = match conn.query_drop(sql).await {
+                        Ok(()) => conn.affected_rows() == chunk.len() as u64,
+                        Err(e) if row_refusal(&e).is_some() => false,
+                        Err(e) => return Err(e),
+                    };
+                    if !all {
+                        conn.query_drop("ROLLBACK TO SAVEPOINT tandem_batch").await?;
+                        continue;
+                    }
+                    for ((_, i), (key, _, _)) in chunk.iter().zip(&updates) {
+                        done[*i] = Some(Ok((*key).clone()));
+                    }
+                }
+            }
             // Updates: many statements a round trip; one that matched no row (stale, or gone)
             // is looked at again one by one below.
             let updates: Vec<usize> =
@@ -1543,6 +1634,70 @@ mod tests {
         let read = t.read(&[Key::from_values(&[Value::Int(4)]), Key::from_values(&[Value::Int(7)])]).unwrap();
         assert_eq!(read[0].as_ref().and_then(|r| r.get("v")), Some(&text(tricky)));
         assert_eq!(read[1].as_ref().and_then(|r| r.get("v")), Some(&text("\\N")));
+    }
+
+    /// Updates of one shape go in one joined statement with their exact values; one whose
+    /// record changed since it was read makes the statement undo itself, and then only that
+    /// one is reported stale while the others still apply.
+    #[test]
+    fn updates_of_one_shape_apply_together_and_a_stale_one_is_singled_out() {
+        let mut db = TestDb::new("upd");
+        db.run("CREATE TABLE {db}.t (id INT PRIMARY KEY, v TEXT, n DECIMAL(10,2), d DATETIME(6), b BLOB)");
+        db.run("INSERT INTO {db}.t SELECT seq, CONCAT('v', seq), seq, NULL, NULL FROM seq_1_to_4");
+        let mut t = MyTable::open(&db.url(), "t", &["id".to_string()], "s", "right").unwrap();
+        t.install().unwrap();
+        let text = |s: &str| Value::Text(s.into());
+        let update = |id: i64, v: Value, n: &str, d: Value, b: Value, was: &str| Write::Update {
+            key: Key::from_values(&[Value::Int(id)]),
+            values: [("v".into(), v), ("n".into(), text(n)), ("d".into(), d), ("b".into(), b)].into_iter().collect(),
+            expect: [("v".into(), text(was))].into_iter().collect(),
+        };
+        let ok = |r: &WriteResult| r.is_ok();
+        let out = t
+            .apply(&[
+                update(1, text("one"), "1.50", Value::Null, Value::Null, "v1"),
+                update(2, text("two"), "2.50", Value::Null, Value::Null, "changed meanwhile"),
+                update(3, text("three"), "3.50", Value::Null, Value::Null, "v3"),
+            ])
+            .unwrap();
+        assert!(ok(&out[0]) && ok(&out[2]), "{out:?}");
+        assert!(out[1].as_ref().is_err_and(|e| e.stale), "{out:?}");
+        assert_eq!(
+            db.rows("SELECT id, v, n FROM {db}.t ORDER BY id"),
+            ["1|one|1.50", "2|v2|2.00", "3|three|3.50", "4|v4|4.00"]
+        );
+
+        let tricky = "tab\t 'q' \"d\" back\\slash 🦀";
+        // The server's counters show the joined statement kept, not undone for the slow way.
+        let status = |db: &mut TestDb| -> Vec<String> {
+            db.rows("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_update_multi', 'Com_rollback_to_savepoint')")
+        };
+        let before = status(&mut db);
+        let out = t
+            .apply(&[
+                update(1, text(tricky), "-0.01", text("2026-11-26 13:14:15.5"), Value::Bytes(vec![0, 255]), "one"),
+                update(3, Value::Null, "0", Value::Null, Value::Bytes(Vec::new()), "three"),
+                update(4, text(""), "99999999.99", text("2000-02-29 23:59:59"), Value::Null, "v4"),
+            ])
+            .unwrap();
+        assert!(out.iter().all(ok), "{out:?}");
+        let after = status(&mut db);
+        let count = |rows: &[String], name: &str| -> u64 {
+            rows.iter().find_map(|r| r.strip_prefix(&format!("{name}|"))).unwrap().parse().unwrap()
+        };
+        assert!(count(&after, "Com_update_multi") > count(&before, "Com_update_multi"), "{before:?} {after:?}");
+        assert_eq!(count(&after, "Com_rollback_to_savepoint"), count(&before, "Com_rollback_to_savepoint"));
+        assert_eq!(
+            db.rows("SELECT id, v IS NULL, v = '', n, d, HEX(b) FROM {db}.t ORDER BY id"),
+            [
+                "1|0|0|-0.01|2026-11-26 13:14:15.500000|00FF",
+                "2|0|0|2.00|NULL|NULL",
+                "3|1|NULL|0.00|NULL|",
+                "4|0|1|99999999.99|2000-02-29 23:59:59.000000|NULL"
+            ]
+        );
+        let read = t.read(&[Key::from_values(&[Value::Int(1)])]).unwrap();
+        assert_eq!(read[0].as_ref().and_then(|r| r.get("v")), Some(&text(tricky)));
     }
 
     #[test]
