@@ -249,7 +249,8 @@ impl Connector for MemoryTable {
         self.waits.push(wait);
         let touched: Vec<Touched> = self.log.iter().filter(|t| t.pos > after).take(limit).cloned().collect();
         let next = touched.last().map(|t| t.pos).unwrap_or(after);
-        Ok(ChangePage { touched, next, behind: false, label: None })
+        let behind = self.log.iter().any(|t| t.pos > next);
+        Ok(ChangePage { touched, next, behind, label: None })
     }
 
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError> {

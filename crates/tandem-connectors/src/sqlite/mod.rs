@@ -418,7 +418,9 @@ CREATE TRIGGER IF NOT EXISTS {td} AFTER DELETE ON {t} {when} BEGIN {old}; END;",
             touched.push(Touched { pos: id as u64, key, at_ms: at });
         }
         let next = touched.last().map(|t| t.pos).unwrap_or(after);
-        Ok(ChangePage { touched, next, behind: false, label: None })
+        // A full page: more changes may be waiting.
+        let behind = touched.len() == limit;
+        Ok(ChangePage { touched, next, behind, label: None })
     }
 
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError> {
