@@ -772,7 +772,9 @@ impl<'a> Engine<'a> {
         }
         let mut room = self.batch.saturating_sub(pages.iter().map(|(_, _, p)| p.touched.len()).sum());
         for (side, _, page) in &mut pages {
-            if room == 0 || !page.behind {
+            // Only a side that had changes and more waiting; a stream that is merely catching up
+            // (with Tandem's own writes, say) is not asked twice.
+            if room == 0 || page.touched.is_empty() || !page.behind {
                 continue;
             }
             let more = self.conns[side.index()].changes(page.next, room, false).map_err(self.conn_err(*side))?;
