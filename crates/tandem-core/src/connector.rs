@@ -193,6 +193,11 @@ pub trait Connector {
     fn changes_read_only(&self) -> bool {
         false
     }
+    /// This connector, where it may be used from another thread: the engine then writes both
+    /// sides of a batch at the same time. `None` (the default) keeps them one after the other.
+    fn as_send(&mut self) -> Option<&mut (dyn Connector + Send)> {
+        None
+    }
     /// How many captured changes wait after `after`, where the system can count them.
     fn backlog(&mut self, after: u64) -> Result<Option<u64>, ConnectorError>;
     /// Roughly how many records the entity holds (for progress displays), when cheap to know.

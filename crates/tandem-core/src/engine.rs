@@ -6,7 +6,7 @@
 //! replaying is harmless because applies are idempotent and the base comparison sees that a
 //! record already agrees.
 
-use crate::connector::{CaptureState, Connector, ConnectorError, RowError, Write};
+use crate::connector::{CaptureState, Connector, ConnectorError, RowError, Write, WriteResult};
 use crate::mapping::{FieldMap, Flow, MapError, Side};
 use crate::merge::{merge, Decision};
 use crate::rules::{DeleteRule, OnPositionLost, SyncSpec};
@@ -963,11 +963,11 @@ impl<'a> Engine<'a> {
                 writes[target.index()].push(w);
             }
         }
-        for ((side, writes), owners) in [Side::Left, Side::Right].into_iter().zip(writes).zip(owners) {
+        let outs = self.apply_both(&writes)?;
+        for (((side, writes), owners), out) in [Side::Left, Side::Right].into_iter().zip(writes).zip(owners).zip(outs) {
             if writes.is_empty() {
                 continue;
             }
-            let out = self.conns[side.index()].apply(&writes).map_err(self.conn_err(side))?;
             if out.len() != writes.len() {
                 return Err(EngineError::Request(format!(
                     "system `{}` answered {} results for {} writes",
@@ -1103,6 +1103,31 @@ impl<'a> Engine<'a> {
         self.commit(ops)?;
         self.trim(trims)?;
         self.forget(confirmed)
+    }
+
+    /// Applies each side's writes of a batch (none where a side has none): both sides at once
+    /// where both connectors may be used from another thread, else left then right.
+    fn apply_both(&mut self, writes: &[Vec<Write>; 2]) -> Result<[Vec<WriteResult>; 2], EngineError> {
+        let errs = [self.conn_err(Side::Left), self.conn_err(Side::Right)];
+        let [left, right] = &mut self.conns;
+        let [lw, rw] = writes;
+        if !lw.is_empty() && !rw.is_empty() {
+            if let (Some(l), Some(r)) = (left.as_send(), right.as_send()) {
+                let (a, b) = std::thread::scope(|s| {
+                    let other = s.spawn(move || r.apply(rw));
+                    let mine = l.apply(lw);
+                    (mine, other.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                });
+                return Ok([a.map_err(&errs[0])?, b.map_err(&errs[1])?]);
+            }
+        }
+        let mut out = [Vec::new(), Vec::new()];
+        for (i, (conn, w)) in [left, right].into_iter().zip([lw, rw]).enumerate() {
+            if !w.is_empty() {
+                out[i] = conn.apply(w).map_err(&errs[i])?;
+            }
+        }
+        Ok(out)
     }
 
     fn dead_letter(

@@ -972,6 +972,10 @@ impl Drop for MyTable {
 }
 
 impl Connector for MyTable {
+    fn as_send(&mut self) -> Option<&mut (dyn Connector + Send)> {
+        Some(self)
+    }
+
     fn capture_state(&mut self, cursor: Option<u64>) -> Result<CaptureState, ConnectorError> {
         if !self.installed()? {
             return Ok(match cursor {

@@ -943,6 +943,10 @@ impl Drop for PgTable {
 }
 
 impl Connector for PgTable {
+    fn as_send(&mut self) -> Option<&mut (dyn Connector + Send)> {
+        Some(self)
+    }
+
     fn capture_state(&mut self, cursor: Option<u64>) -> Result<CaptureState, ConnectorError> {
         let slot = self.block(self.slot_row())?;
         let published: bool = self
