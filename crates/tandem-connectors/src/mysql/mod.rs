@@ -602,7 +602,6 @@ impl MyTable {
         }
     }
 
-    /// The server's current binlog position and base name.
     /// A position as the server names it: `mariadb-bin.000003:1234`, with MariaDB's GTID
     /// position there (`BINLOG_GTID_POS`) when the server has one.
     fn position_label(&mut self, base: &str, position: u64) -> String {
@@ -621,6 +620,7 @@ impl MyTable {
         }
     }
 
+    /// The server's current binlog base name and position.
     fn master(&mut self) -> Result<(String, u64), ConnectorError> {
         let row: Option<mysql_async::Row> =
             self.with("reading the binlog position of", |c| Box::pin(c.query_first("SHOW MASTER STATUS")))?;
