@@ -143,12 +143,20 @@ pub(crate) fn load_field(v: &Value, hex: bool, out: &mut Vec<u8>) -> Result<(), 
 }
 
 /// The SQL literal of a value, or why it cannot be written.
+/// Why `v` has no SQL literal (what [`literal`] refuses), without building one.
+pub(crate) fn writable(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Float(f) if !f.is_finite() => Err(format!("MariaDB/MySQL has no floating-point value {f}")),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn literal(v: &Value) -> Result<String, String> {
+    writable(v)?;
     Ok(match v {
         Value::Null => "NULL".into(),
         Value::Int(i) => i.to_string(),
-        Value::Float(f) if f.is_finite() => format!("{f:?}"),
-        Value::Float(f) => return Err(format!("MariaDB/MySQL has no floating-point value {f}")),
+        Value::Float(f) => format!("{f:?}"),
         Value::Bool(b) => if *b { "1" } else { "0" }.into(),
         Value::Text(s) if s.is_empty() => "''".into(),
         Value::Text(s) => format!("_utf8mb4 X'{}'", hex(s.as_bytes())),

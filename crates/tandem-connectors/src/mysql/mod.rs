@@ -13,7 +13,7 @@ use binlog::{pos, split, Capture, Target, WRITES_TABLE};
 
 /// Where Tandem remembers the records it creates until their links are durable.
 const INTENTS_TABLE: &str = "_tandem_intents";
-use codec::{decode, ident, key_value, literal, load_field, Kind};
+use codec::{decode, ident, key_value, literal, load_field, writable, Kind};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 use std::collections::HashMap;
@@ -542,7 +542,7 @@ impl MyTable {
                     format!("column {}.{col} does not exist", self.table),
                 ));
             };
-            if let Err(e) = self.lit(col, v) {
+            if let Err(e) = self.stored(col, v).and_then(|_| writable(v)) {
                 return Err(RowError::new(Some(col.to_string()), Some(v.type_name()), e));
             }
             crate::check_length(&self.table, col, &c.column_type, v)?;
@@ -573,11 +573,13 @@ impl MyTable {
 
     /// Values of an insert, leaving out NULLs for NOT NULL columns that have a default.
     fn insert_values(&self, values: &Row) -> Row {
+        self.insert_values_owned(values.clone())
+    }
+
+    /// [`MyTable::insert_values`] of a row not needed after.
+    fn insert_values_owned(&self, mut values: Row) -> Row {
+        values.retain(|c, v| !(v.is_null() && self.column(c).is_some_and(|x| x.not_null && x.has_default)));
         values
-            .iter()
-            .filter(|(c, v)| !(v.is_null() && self.column(c).is_some_and(|x| x.not_null && x.has_default)))
-            .map(|(c, v)| (c.clone(), v.clone()))
-            .collect()
     }
 
     fn insert_sql<C: AsRef<str>>(&self, cols: &[C], rows: &[Vec<String>]) -> String {
@@ -1414,7 +1416,7 @@ impl Connector for MyTable {
                 return Ok(Err(e));
             }
         }
-        let rows: Vec<Row> = rows.iter().map(|r| self.insert_values(r)).collect();
+        let rows: Vec<Row> = rows.into_iter().map(|r| self.insert_values_owned(r)).collect();
         if !rows.windows(2).all(|w| w[0].keys().eq(w[1].keys())) {
             return Ok(Err(RowError::new(None, None, "the rows of this batch set different columns")));
         }
