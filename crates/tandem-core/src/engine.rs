@@ -1264,7 +1264,16 @@ impl<'a> Engine<'a> {
         if claimed.contains(&(side, key.clone())) {
             return Ok(());
         }
-        let Some(row) = row_of(side) else { return Ok(()) };
+        let Some(row) = row_of(side) else {
+            // Gone while a bulk load of its side is under way: the load copies a snapshot, so a
+            // page still to come may create the record on the other side. The change waits in
+            // the inbox until the load is done, and is merged then (a delete, if a page did).
+            if self.store.meta(&self.spec.name, &format!("bulk:{side}"))?.is_some() {
+                let (at, pos) = (g.times[side.index()], g.pos[side.index()]);
+                plan.ops_always.push(Op::Touch { sync: self.sync(), side, key, at, pos });
+            }
+            return Ok(());
+        };
         if let Some(filter) = &self.spec.filters[side.index()] {
             if !filter.matches(row) {
                 return Ok(());
