@@ -3,39 +3,24 @@
 //! delivered and goes on (waiting there would hold every page behind the stream's echo of
 //! Tandem's own writes).
 
+mod common;
+
+use common::notes_spec as spec;
 use std::cell::Cell;
 use std::rc::Rc;
 use tandem_core::engine::{Engine, Report};
-use tandem_core::mapping::{FieldMap, Flow, Side, Transform};
-use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, OnPositionLost, SyncSpec};
+use tandem_core::mapping::Side;
 use tandem_core::sim::{Fuse, MemoryTable};
 use tandem_core::store::{MemoryStore, StateStore};
-use tandem_core::value::{Key, Row, Value};
+use tandem_core::value::{Key, Value};
 
-fn spec() -> SyncSpec {
-    SyncSpec {
-        name: "notes".into(),
-        sides: [
-            EntitySpec { system: "pg".into(), table: "a".into(), key: vec!["id".into()] },
-            EntitySpec { system: "erp".into(), table: "b".into(), key: vec!["no".into()] },
-        ],
-        fields: vec![FieldMap {
-            name: "note".into(),
-            left: vec!["note".into()],
-            right: vec!["memo".into()],
-            transform: Transform::Rename,
-            flow: Flow::Both,
-        }],
-        rule: ConflictRule::Latest,
-        field_rules: vec![],
-        tie_break: Side::Left,
-        match_on: None,
-        deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
-        filters: [None, None],
-        defaults: [Row::new(), Row::new()],
-        on_position_lost: OnPositionLost::Fail,
-        sensitive: Vec::new(),
-    }
+/// A shared clock, the two empty tables on it and an empty state store.
+fn pair() -> (Rc<Cell<i64>>, MemoryTable, MemoryTable, MemoryStore) {
+    let clock = Rc::new(Cell::new(1_000));
+    let fuse = Fuse::default();
+    let pg = MemoryTable::new("id", clock.clone(), fuse.clone());
+    let erp = MemoryTable::new("no", clock.clone(), fuse);
+    (clock, pg, erp, MemoryStore::default())
 }
 
 fn text(s: &str) -> Value {
@@ -45,11 +30,7 @@ fn text(s: &str) -> Value {
 #[test]
 fn streams_are_waited_for_only_when_there_is_nothing_else_to_do() {
     let spec = spec();
-    let clock = Rc::new(Cell::new(1_000));
-    let fuse = Fuse::default();
-    let mut pg = MemoryTable::new("id", clock.clone(), fuse.clone());
-    let mut erp = MemoryTable::new("no", clock.clone(), fuse);
-    let mut store = MemoryStore::default();
+    let (clock, mut pg, mut erp, mut store) = pair();
     for i in 0..25 {
         pg.user_insert([("note".into(), text(&format!("n{i}")))].into_iter().collect());
     }
@@ -126,11 +107,7 @@ fn streams_are_waited_for_only_when_there_is_nothing_else_to_do() {
 #[test]
 fn a_backlog_in_the_inbox_is_merged_without_waiting_for_the_streams() {
     let spec = spec();
-    let clock = Rc::new(Cell::new(1_000));
-    let fuse = Fuse::default();
-    let mut pg = MemoryTable::new("id", clock.clone(), fuse.clone());
-    let mut erp = MemoryTable::new("no", clock.clone(), fuse);
-    let mut store = MemoryStore::default();
+    let (clock, mut pg, mut erp, mut store) = pair();
     // Both sides hold records: the first load goes record by record through the inbox, two
     // pages a round against one batch merged, so a backlog builds up.
     for i in 0..25 {

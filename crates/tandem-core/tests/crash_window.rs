@@ -2,40 +2,17 @@
 //! the value Tandem wrote must not pass for a user's change, also where the system cannot say
 //! when a record last changed (PostgreSQL): a user's later edit on the other side wins.
 
+mod common;
+
+use common::notes_spec as spec;
 use std::cell::Cell;
 use std::rc::Rc;
 use tandem_core::engine::Engine;
 use tandem_core::mapping::{FieldMap, Flow, Side, Transform};
-use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, OnPositionLost, SyncSpec};
+use tandem_core::rules::ConflictRule;
 use tandem_core::sim::{Fuse, FusedStore, MemoryTable};
 use tandem_core::store::StateStore;
 use tandem_core::value::{Key, Name, Row, Value};
-
-fn spec() -> SyncSpec {
-    SyncSpec {
-        name: "notes".into(),
-        sides: [
-            EntitySpec { system: "pg".into(), table: "a".into(), key: vec!["id".into()] },
-            EntitySpec { system: "erp".into(), table: "b".into(), key: vec!["no".into()] },
-        ],
-        fields: vec![FieldMap {
-            name: "note".into(),
-            left: vec!["note".into()],
-            right: vec!["memo".into()],
-            transform: Transform::Rename,
-            flow: Flow::Both,
-        }],
-        rule: ConflictRule::Latest,
-        field_rules: vec![],
-        tie_break: Side::Left,
-        match_on: None,
-        deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
-        filters: [None, None],
-        defaults: [Row::new(), Row::new()],
-        on_position_lost: OnPositionLost::Fail,
-        sensitive: Vec::new(),
-    }
-}
 
 fn note(t: &MemoryTable, col: &str) -> Value {
     t.rows.values().next().and_then(|r| r.get(col).cloned()).unwrap_or(Value::Null)
