@@ -23,40 +23,47 @@ fn pair() -> (Rc<Cell<i64>>, MemoryTable, MemoryTable, MemoryStore) {
     (clock, pg, erp, MemoryStore::default())
 }
 
+/// One round of the engine (starting it first with `start`), the clock 10 ms on; returns the
+/// round's report and the `wait` each side's capture was first given (a side that fills the
+/// rest of a batch calls again without waiting).
+fn round(
+    clock: &Rc<Cell<i64>>,
+    store: &mut MemoryStore,
+    pg: &mut MemoryTable,
+    erp: &mut MemoryTable,
+    start: bool,
+) -> (Report, [Option<bool>; 2]) {
+    clock.set(clock.get() + 10);
+    let (a, b) = (pg.waits.len(), erp.waits.len());
+    let spec = spec();
+    let now_cell = clock.clone();
+    let now = move || now_cell.get();
+    let report = {
+        let mut engine = Engine::new(&spec, store, pg, erp, &now, 10);
+        if start {
+            engine.start().unwrap();
+        }
+        engine.cycle().unwrap()
+    };
+    (report, [pg.waits[a..].first().copied(), erp.waits[b..].first().copied()])
+}
+
 fn text(s: &str) -> Value {
     Value::Text(s.into())
 }
 
 #[test]
 fn streams_are_waited_for_only_when_there_is_nothing_else_to_do() {
-    let spec = spec();
     let (clock, mut pg, mut erp, mut store) = pair();
     for i in 0..25 {
         pg.user_insert([("note".into(), text(&format!("n{i}")))].into_iter().collect());
     }
-    let now_cell = clock.clone();
-    let now = move || now_cell.get();
-    // One round; returns its report and the `wait` each side's capture was given.
-    let round = |store: &mut MemoryStore, pg: &mut MemoryTable, erp: &mut MemoryTable, start: bool| {
-        clock.set(clock.get() + 10);
-        let (a, b) = (pg.waits.len(), erp.waits.len());
-        let report: Report = {
-            let mut engine = Engine::new(&spec, store, pg, erp, &now, 10);
-            if start {
-                engine.start().unwrap();
-            }
-            engine.cycle().unwrap()
-        };
-        // The first call of each side; a side that fills the rest of a batch calls again without waiting.
-        let waits = [pg.waits[a..].first().copied(), erp.waits[b..].first().copied()];
-        (report, waits)
-    };
 
     // The initial load: 25 records in pages of 10. No round of it waits.
     let mut loading = 0;
     let mut start = true;
     loop {
-        let (report, waits) = round(&mut store, &mut pg, &mut erp, start);
+        let (report, waits) = round(&clock, &mut store, &mut pg, &mut erp, start);
         start = false;
         if report.loaded == [0, 0] {
             assert_eq!(waits, [Some(true), Some(true)], "idle after the load: the streams are waited for");
@@ -78,7 +85,7 @@ fn streams_are_waited_for_only_when_there_is_nothing_else_to_do() {
         erp.user_update(k, [("memo".into(), text("edited in erp"))].into_iter().collect());
     }
     for _ in 0..8 {
-        let (report, waits) = round(&mut store, &mut pg, &mut erp, false);
+        let (report, waits) = round(&clock, &mut store, &mut pg, &mut erp, false);
         assert!(report.captured[0] + report.captured[1] <= 10, "a round took more than a batch: {report:?}");
         assert_eq!(store.inbox_len("notes", Side::Left).unwrap() + store.inbox_len("notes", Side::Right).unwrap(), 0);
         assert_eq!(waits, [Some(true), Some(true)]);
@@ -91,10 +98,10 @@ fn streams_are_waited_for_only_when_there_is_nothing_else_to_do() {
     for k in &keys[0] {
         pg.user_update(k, [("note".into(), text("pg alone"))].into_iter().collect());
     }
-    let (report, _) = round(&mut store, &mut pg, &mut erp, false);
+    let (report, _) = round(&clock, &mut store, &mut pg, &mut erp, false);
     assert_eq!(report.captured, [10, 0]);
     for _ in 0..3 {
-        round(&mut store, &mut pg, &mut erp, false);
+        round(&clock, &mut store, &mut pg, &mut erp, false);
     }
     assert!(erp.rows.values().all(|r| r.get("memo") == Some(&text("pg alone"))));
     let mut notes: Vec<_> = pg.rows.values().map(|r| r.get("note").cloned()).collect();
@@ -106,7 +113,6 @@ fn streams_are_waited_for_only_when_there_is_nothing_else_to_do() {
 
 #[test]
 fn a_backlog_in_the_inbox_is_merged_without_waiting_for_the_streams() {
-    let spec = spec();
     let (clock, mut pg, mut erp, mut store) = pair();
     // Both sides hold records: the first load goes record by record through the inbox, two
     // pages a round against one batch merged, so a backlog builds up.
@@ -114,27 +120,15 @@ fn a_backlog_in_the_inbox_is_merged_without_waiting_for_the_streams() {
         pg.user_insert([("note".into(), text(&format!("p{i}")))].into_iter().collect());
         erp.user_insert([("memo".into(), text(&format!("e{i}")))].into_iter().collect());
     }
-    let now_cell = clock.clone();
-    let now = move || now_cell.get();
     let mut saw_backlog = false;
     let mut start = true;
     for _ in 0..30 {
-        clock.set(clock.get() + 10);
         let inbox_before =
             store.inbox_len("notes", Side::Left).unwrap() + store.inbox_len("notes", Side::Right).unwrap();
-        let (a, b) = (pg.waits.len(), erp.waits.len());
-        let report = {
-            let mut engine = Engine::new(&spec, &mut store, &mut pg, &mut erp, &now, 10);
-            if start {
-                engine.start().unwrap();
-            }
-            engine.cycle().unwrap()
-        };
+        let (report, waits) = round(&clock, &mut store, &mut pg, &mut erp, start);
         start = false;
         let expected = report.loaded == [0, 0] && inbox_before == 0;
         saw_backlog |= report.loaded == [0, 0] && inbox_before > 0;
-        // The first call of each side; a side that fills the rest of a batch calls again without waiting.
-        let waits = [pg.waits[a..].first().copied(), erp.waits[b..].first().copied()];
         assert_eq!(waits, [Some(expected), Some(expected)], "loaded {:?}, inbox held {inbox_before}", report.loaded);
     }
     assert!(saw_backlog, "the load never left a backlog behind");

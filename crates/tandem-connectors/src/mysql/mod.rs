@@ -286,6 +286,10 @@ pub struct MyTable {
     load_local: bool,
 }
 
+/// Records a bulk page's marker (id, table) in the page's transaction.
+const BATCH_MARKER: &str =
+    "INSERT INTO _tandem_intents (id, tbl, pk) VALUES (?, ?, '[]') ON DUPLICATE KEY UPDATE pk = pk";
+
 /// The columns an update sets and the ones it checks (see [`MyTable::update_shape`]).
 type Shape = (Vec<Name>, Vec<Name>);
 
@@ -914,11 +918,7 @@ impl MyTable {
                     Err(e) => return Err(e),
                 };
                 if refused.is_none() {
-                    conn.exec_drop(
-                        "INSERT INTO _tandem_intents (id, tbl, pk) VALUES (?, ?, '[]') ON DUPLICATE KEY UPDATE pk = pk",
-                        (batch, &table),
-                    )
-                    .await?;
+                    conn.exec_drop(BATCH_MARKER, (batch, &table)).await?;
                 }
                 Ok(refused)
             }
@@ -927,7 +927,7 @@ impl MyTable {
         });
         let go_on = before_commit(&keys);
         let (mut conn, loaded) = self.rt.block_on(task).unwrap_or_else(|e| panic!("the LOAD DATA task failed: {e}"));
-        let mut conn = match loaded {
+        let conn = match loaded {
             Ok(None) => conn,
             Ok(Some(refused)) => {
                 let _ = self.rt.block_on(conn.query_drop("ROLLBACK"));
@@ -945,10 +945,16 @@ impl MyTable {
             // The connection is in an unknown state: it is dropped (the transaction with it).
             Err(e) => return Err(my_err(format_args!("loading into {label}"), e)),
         };
+        self.end_page(conn, go_on, &label)
+    }
+
+    /// Ends a bulk page's transaction: committed when the caller made its state durable
+    /// (`go_on`), else rolled back; the connection is kept either way.
+    fn end_page(&mut self, mut conn: Conn, go_on: bool, label: &str) -> Result<Result<(), RowError>, ConnectorError> {
         if !go_on {
             let _ = self.rt.block_on(conn.query_drop("ROLLBACK"));
             self.conn = Some(conn);
-            return Err(ConnectorError::new(ErrorKind::Unavailable, format!("load into {label} abandoned")));
+            return Err(ConnectorError::new(ErrorKind::Unavailable, format!("copy into {label} abandoned")));
         }
         self.rt.block_on(conn.query_drop("COMMIT")).map_err(|e| my_err(format_args!("committing to {label}"), e))?;
         self.conn = Some(conn);
@@ -1467,26 +1473,16 @@ impl Connector for MyTable {
                 }
                 start = end;
             }
-            conn.exec_drop(
-                "INSERT INTO _tandem_intents (id, tbl, pk) VALUES (?, ?, '[]') ON DUPLICATE KEY UPDATE pk = pk",
-                (batch, &this.table),
-            )
-            .await?;
+            conn.exec_drop(BATCH_MARKER, (batch, &this.table)).await?;
             Ok(Ok((conn, keys)))
         });
-        let (mut conn, keys) = match result {
+        let (conn, keys) = match result {
             Ok(Ok(x)) => x,
             Ok(Err(refused)) => return Ok(Err(refused)),
             Err(e) => return Err(my_err(format_args!("copying into {label}"), e)),
         };
-        if !before_commit(&keys) {
-            let _ = self.rt.block_on(conn.query_drop("ROLLBACK"));
-            self.conn = Some(conn);
-            return Err(ConnectorError::new(ErrorKind::Unavailable, format!("copy into {label} abandoned")));
-        }
-        self.rt.block_on(conn.query_drop("COMMIT")).map_err(|e| my_err(format_args!("committing to {label}"), e))?;
-        self.conn = Some(conn);
-        Ok(Ok(()))
+        let go_on = before_commit(&keys);
+        self.end_page(conn, go_on, &label)
     }
 
     fn uninstall(&mut self) -> Result<String, ConnectorError> {
