@@ -20,7 +20,13 @@ use tandem_core::connector::{
     CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write, WriteResult,
 };
 use tandem_core::value::{Key, Name, Row, Value};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
+
+/// Statement parameters that are all `text[]`, typed up front: the statement is parsed, bound
+/// and run in one round trip, with no separate prepare.
+fn text_arrays<T: ToSql + Sync>(arrays: &[T]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    arrays.iter().map(|a| (a as &(dyn ToSql + Sync), Type::TEXT_ARRAY)).collect()
+}
 
 /// One column of a PostgreSQL table.
 #[derive(Clone, Debug, PartialEq)]
@@ -838,8 +844,7 @@ impl PgTable {
         let arrays: Vec<Vec<Option<String>>> =
             cols.iter().map(|c| rows.iter().map(|(_, r)| to_text(&r[c])).collect()).collect();
         let sql = self.unnest_insert_sql(&cols);
-        let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
-        let returned = self.client.query(&sql, &refs).await?;
+        let returned = self.client.query_typed(&sql, &text_arrays(&arrays)).await?;
         let mut out = Vec::with_capacity(group.len());
         let mut ids = Vec::new();
         let mut pks = Vec::new();
@@ -860,13 +865,57 @@ impl PgTable {
         }
         let tbl = vec![self.qualified(); ids.len()];
         self.client
-            .execute(
+            .query_typed(
                 "INSERT INTO _tandem.intents (id, tbl, pk) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
                  ON CONFLICT (id) DO UPDATE SET tbl = excluded.tbl, pk = excluded.pk",
-                &[&ids, &tbl, &pks],
+                &text_arrays(&[ids, tbl, pks]),
             )
             .await?;
         Ok(Some(out))
+    }
+
+    /// A group of same-shaped inserts or updates in one statement (see [`PgTable::batches`]).
+    async fn group_batch(
+        &self,
+        writes: &[Write],
+        group: &[usize],
+    ) -> Result<Option<Vec<Option<Key>>>, tokio_postgres::Error> {
+        match &writes[group[0]] {
+            Write::Insert { .. } => self.insert_batch(writes, group).await,
+            _ => self.update_batch(writes, group).await,
+        }
+    }
+
+    /// Begins a transaction and applies every group in it, all sent at once (one round trip
+    /// for the lot, not one for each statement). `None` when a group did not go through: the
+    /// transaction is rolled back, for the caller to go again group by group.
+    async fn pipelined_groups(
+        &self,
+        writes: &[Write],
+        groups: &[Vec<usize>],
+    ) -> Result<Option<Vec<Vec<Option<Key>>>>, tokio_postgres::Error> {
+        let begin = self.client.batch_execute("BEGIN");
+        let runs = futures_util::future::join_all(groups.iter().map(|g| self.group_batch(writes, g)));
+        let (begun, results) = futures_util::future::join(begin, runs).await;
+        let mut out = Vec::with_capacity(groups.len());
+        let mut failed = begun.err();
+        for r in results {
+            match r {
+                Ok(Some(keys)) => out.push(keys),
+                Ok(None) => {}
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if out.len() == groups.len() && failed.is_none() {
+            return Ok(Some(out));
+        }
+        let rolled_back = self.client.batch_execute("ROLLBACK").await;
+        match failed {
+            // The connection failed: the batch goes again when it is back.
+            Some(e) if e.as_db_error().is_none() => Err(e),
+            // The server refused a statement (a row that does not fit, say): go carefully.
+            _ => rolled_back.map(|()| None),
+        }
     }
 
     /// Updates a group in one statement; records it did not update (`None`) go one by one.
@@ -920,8 +969,7 @@ impl PgTable {
             wh.join(" AND "),
             keys.join(", ")
         );
-        let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
-        let returned = self.client.query(&sql, &refs).await?;
+        let returned = self.client.query_typed(&sql, &text_arrays(&arrays)).await?;
         let updated: std::collections::HashSet<Key> =
             returned.iter().map(|r| Key::from_values(&self.returned_key(r))).collect();
         // Records not updated (changed meanwhile, or gone) go through the one-by-one path,
@@ -1198,19 +1246,38 @@ impl Connector for PgTable {
             if setup {
                 self.tag_session().await?;
             }
-            c.batch_execute("BEGIN").await.map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
-            // Fast path: inserts and updates of the same shape go in one statement each; a
-            // batch that fails is rolled back and its writes go one by one below, where each
-            // failure is pinned to its record.
+            let groups = self.batches(writes);
+            // Fast path: inserts and updates of the same shape go in one statement each.
+            // Optimistically, BEGIN and every group's statement go to the server together, with
+            // no savepoints; if one fails, all is rolled back and the groups go again with a
+            // savepoint each, so a group that fails leaves the others applied.
             let mut done: Vec<Option<WriteResult>> = vec![None; writes.len()];
-            for group in self.batches(writes) {
+            let pipelined = match groups.is_empty() {
+                true => None,
+                false => self
+                    .pipelined_groups(writes, &groups)
+                    .await
+                    .map_err(|e| pg_err(format_args!("applying to {label}"), e))?,
+            };
+            let careful = match pipelined {
+                Some(results) => {
+                    for (group, results) in groups.iter().zip(results) {
+                        for (i, r) in group.iter().zip(results) {
+                            done[*i] = r.map(Ok);
+                        }
+                    }
+                    Vec::new()
+                }
+                None => {
+                    c.batch_execute("BEGIN").await.map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
+                    groups
+                }
+            };
+            for group in careful {
                 c.batch_execute("SAVEPOINT tandem_batch")
                     .await
                     .map_err(|e| pg_err(format_args!("applying to {label}"), e))?;
-                let result = match &writes[group[0]] {
-                    Write::Insert { .. } => self.insert_batch(writes, &group).await,
-                    _ => self.update_batch(writes, &group).await,
-                };
+                let result = self.group_batch(writes, &group).await;
                 match result {
                     Ok(None) => {
                         c.batch_execute("ROLLBACK TO SAVEPOINT tandem_batch; RELEASE SAVEPOINT tandem_batch")
