@@ -23,7 +23,7 @@ use tandem_core::value::{Key, Name, Row, Value};
 use tokio_postgres::types::{ToSql, Type};
 
 /// Statement parameters that are all `text[]`, typed up front: the statement is parsed, bound
-/// and run in one round trip, with no separate prepare.
+/// and run in one round trip, with no separate prepare (as every statement on a hot path is).
 fn text_arrays<T: ToSql + Sync>(arrays: &[T]) -> Vec<(&(dyn ToSql + Sync), Type)> {
     arrays.iter().map(|a| (a as &(dyn ToSql + Sync), Type::TEXT_ARRAY)).collect()
 }
@@ -261,8 +261,7 @@ async fn read_rows(
     arrays: Vec<Vec<Option<String>>>,
     decode: Arc<Decode>,
 ) -> Result<Vec<(Key, Row)>, tokio_postgres::Error> {
-    let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
-    Ok(decode.rows(client.query(&sql, &refs).await?))
+    Ok(decode.rows(client.query_typed(&sql, &text_arrays(&arrays)).await?))
 }
 
 /// Runs one page query of the initial load.
@@ -273,8 +272,8 @@ async fn scan_page(
     decode: Arc<Decode>,
 ) -> Result<Vec<(Key, Row)>, tokio_postgres::Error> {
     let p: Vec<Option<String>> = after.map(|k| k.values().iter().map(to_text).collect()).unwrap_or_default();
-    let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
-    Ok(decode.rows(client.query(&sql, &refs).await?))
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> = p.iter().map(|x| (x as &(dyn ToSql + Sync), Type::TEXT)).collect();
+    Ok(decode.rows(client.query_typed(&sql, &typed).await?))
 }
 
 /// The columns of `schema.table` (empty when the table does not exist).
@@ -1100,7 +1099,7 @@ impl Connector for PgTable {
             self.capture = Some(self.rt.block_on(Capture::start(cfg, key))?);
         }
         let until: u64 = self
-            .block(self.client.query_one("SELECT (pg_current_wal_flush_lsn() - '0/0')::text", &[]))
+            .block(self.client.query_typed_one("SELECT (pg_current_wal_flush_lsn() - '0/0')::text", &[]))
             .map_err(|e| pg_err("reading the WAL position", e))?
             .get::<_, String>(0)
             .parse()
