@@ -894,8 +894,7 @@ impl MyTable {
         let (name, table, batch) = (self.name.clone(), self.table.clone(), batch.to_string());
         let task = self.rt.spawn(async move {
             let loaded = async {
-                conn.query_drop("START TRANSACTION").await?;
-                Self::mark_own(&mut conn, &name).await?;
+                Self::begin_own(&mut conn, &name).await?;
                 let mut data = bytes::Bytes::from(data);
                 let mut parts = Vec::new();
                 while !data.is_empty() {
@@ -961,11 +960,14 @@ impl MyTable {
         Ok(Ok(()))
     }
 
-    async fn mark_own(conn: &mut Conn, name: &str) -> Result<(), mysql_async::Error> {
-        conn.exec_drop(
-            format!("INSERT INTO {} (id, n) VALUES (?, 1) ON DUPLICATE KEY UPDATE n = n + 1", ident(WRITES_TABLE)),
-            (name,),
-        )
+    /// Begins a transaction that the capture knows as Tandem's own (its first row is the
+    /// marker), in one round trip.
+    async fn begin_own(conn: &mut Conn, name: &str) -> Result<(), mysql_async::Error> {
+        let name = literal(&Value::Text(name.to_string())).expect("a sync's name is text");
+        conn.query_drop(format!(
+            "START TRANSACTION; INSERT INTO {} (id, n) VALUES ({name}, 1) ON DUPLICATE KEY UPDATE n = n + 1",
+            ident(WRITES_TABLE)
+        ))
         .await
     }
 }
@@ -1193,8 +1195,7 @@ impl Connector for MyTable {
         let mut conn = self.conn.take().expect("connected above");
         let this = &*self;
         let out = self.rt.block_on(async {
-            conn.query_drop("START TRANSACTION").await?;
-            Self::mark_own(&mut conn, &this.name).await?;
+            Self::begin_own(&mut conn, &this.name).await?;
             // Fast paths: new records in one statement, deletes in one statement; a batch the
             // server refuses goes row by row below, where each refusal is pinned to its record.
             let inserts: Vec<usize> = (0..writes.len())
@@ -1274,8 +1275,8 @@ impl Connector for MyTable {
                         })
                         .collect();
                     let Some(sql) = this.update_join_sql(&chunk[0].0, &updates) else { continue };
-                    conn.query_drop("SAVEPOINT tandem_batch").await?;
-                    let all = match conn.query_drop(sql).await {
+                    // One round trip: the savepoint and the statement.
+                    let all = match conn.query_drop(format!("SAVEPOINT tandem_batch; {sql}")).await {
                         Ok(()) => conn.affected_rows() == chunk.len() as u64,
                         Err(e) if row_refusal(&e).is_some() => false,
                         Err(e) => return Err(e),
@@ -1436,8 +1437,7 @@ impl Connector for MyTable {
         let mut conn = self.conn.take().expect("connected above");
         let this = &*self;
         let result = self.rt.block_on(async {
-            conn.query_drop("START TRANSACTION").await?;
-            Self::mark_own(&mut conn, &this.name).await?;
+            Self::begin_own(&mut conn, &this.name).await?;
             let mut keys = Vec::with_capacity(rows.len());
             // Statements of about a megabyte each (max_allowed_packet is 16 MB by default).
             let mut start = 0;
