@@ -272,8 +272,7 @@ mod sensitive_tests {
 #[cfg(test)]
 pub(crate) mod tests_support {
     use crate::mapping::{FieldMap, Flow, Side, Transform};
-    use crate::rules::{ConflictRule, DeleteRule, EntitySpec, OnPositionLost, SyncSpec};
-    use crate::value::Row;
+    use crate::rules::{ConflictRule, EntitySpec, SyncSpec};
 
     pub(crate) fn spec(rule: ConflictRule) -> SyncSpec {
         let f = |n: &str, flow| FieldMap {
@@ -284,19 +283,10 @@ pub(crate) mod tests_support {
             flow,
         };
         let e = |s: &str| EntitySpec { system: s.into(), table: "t".into(), key: vec!["id".into()] };
+        let fields = vec![f("x", Flow::Both), f("y", Flow::Both), f("terms", Flow::From(Side::Right))];
         SyncSpec {
-            name: "s".into(),
-            sides: [e("a"), e("b")],
-            fields: vec![f("x", Flow::Both), f("y", Flow::Both), f("terms", Flow::From(Side::Right))],
-            rule,
             field_rules: vec![("y".into(), ConflictRule::Prefer(Side::Left))],
-            tie_break: Side::Left,
-            match_on: None,
-            deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
-            filters: [None, None],
-            defaults: [Row::new(), Row::new()],
-            on_position_lost: OnPositionLost::Fail,
-            sensitive: Vec::new(),
+            ..SyncSpec::new("s", [e("a"), e("b")], fields, rule)
         }
     }
 }

@@ -232,6 +232,26 @@ pub struct SyncSpec {
 }
 
 impl SyncSpec {
+    /// A sync with one rule for every field and nothing else set: no per-field rules, ties to
+    /// the left, no matching of existing records, deletes propagated both ways, no filters or
+    /// create defaults, a lost capture position an error, no sensitive fields.
+    pub fn new(name: &str, sides: [EntitySpec; 2], fields: Vec<FieldMap>, rule: ConflictRule) -> SyncSpec {
+        SyncSpec {
+            name: name.into(),
+            sides,
+            fields,
+            rule,
+            field_rules: Vec::new(),
+            tie_break: Side::Left,
+            match_on: None,
+            deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
+            filters: [None, None],
+            defaults: [Row::new(), Row::new()],
+            on_position_lost: OnPositionLost::Fail,
+            sensitive: Vec::new(),
+        }
+    }
+
     /// The entity on `side`.
     pub fn side(&self, side: Side) -> &EntitySpec {
         &self.sides[side.index()]

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use tandem_core::engine::{Engine, Resolution};
 use tandem_core::mapping::{FieldMap, Flow, Side, Transform};
-use tandem_core::rules::{ConflictRule, DeleteRule, EntitySpec, OnPositionLost, SyncSpec};
+use tandem_core::rules::{ConflictRule, EntitySpec, SyncSpec};
 use tandem_core::sim::{Fuse, FusedStore, MemoryTable};
 use tandem_core::store::StateStore;
 use tandem_core::value::{Key, Name, Row, Value};
@@ -28,13 +28,13 @@ fn spec(rule: ConflictRule, mapped_keys: bool) -> SyncSpec {
         transform,
         flow: Flow::Both,
     };
-    SyncSpec {
-        name: "people".into(),
-        sides: [
+    SyncSpec::new(
+        "people",
+        [
             EntitySpec { system: "crm".into(), table: "contacts".into(), key: vec!["id".into()] },
             EntitySpec { system: "erp".into(), table: "customers".into(), key: vec!["no".into()] },
         ],
-        fields: [
+        [
             field("full_name", &["full_name"], &["first", "last"], Transform::SplitName),
             field("email", &["email"], &["mail"], Transform::Rename),
             field("note", &["note"], &["memo"], Transform::Rename),
@@ -43,15 +43,7 @@ fn spec(rule: ConflictRule, mapped_keys: bool) -> SyncSpec {
         .chain(mapped_keys.then(|| field("key", &["id"], &["no"], Transform::Rename)))
         .collect(),
         rule,
-        field_rules: vec![],
-        tie_break: Side::Left,
-        match_on: None,
-        deletes: [DeleteRule::Propagate, DeleteRule::Propagate],
-        filters: [None, None],
-        defaults: [Row::new(), Row::new()],
-        on_position_lost: OnPositionLost::Fail,
-        sensitive: Vec::new(),
-    }
+    )
 }
 
 struct World {
