@@ -1,10 +1,5 @@
 //! `tandem`: two-way sync between business systems.
 
-/// Rows, keys and values are many small allocations, made and freed a batch at a time; glibc's
-/// allocator spent a fifth of the engine thread's time on them, mimalloc far less.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod admin;
 mod commands;
 mod config;
