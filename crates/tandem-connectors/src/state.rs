@@ -1,9 +1,8 @@
 //! The state store in one embedded SQLite file (WAL mode): every commit is one transaction.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 use tandem_core::mapping::Side;
 use tandem_core::store::{AuditRow, Conflict, DeadLetter, InboxEntry, Intent, Link, Op, StateStore, StoreError};
@@ -50,171 +49,16 @@ fn side(s: &str) -> Side {
 }
 
 /// Tandem's state in a SQLite file.
-///
-/// Reads go through `conn`. A commit made with [`StateStore::commit_behind`] goes to a writer
-/// thread with a connection of its own and becomes durable there while the engine reads and
-/// decides its next batch; until it has, reads answer as if it were applied: cursors and named
-/// values from the ops themselves, links from the file unless the commit touches one of the
-/// asked-for records, and anything else the commit touches only after waiting for it. Commits
-/// are never concurrent: every other commit waits for the one in flight first.
 pub struct SqliteStore {
     conn: Connection,
-    path: PathBuf,
-    writer: Option<Writer>,
-    in_flight: Option<InFlight>,
-    /// Syncs whose background commits became durable and were not yet reported by `settle`.
-    settled: HashSet<String>,
-}
-
-/// The writer thread: ops in, the commit's outcome out.
-struct Writer {
-    ops: mpsc::Sender<Vec<Op>>,
-    done: mpsc::Receiver<Result<(), StoreError>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// What a commit on its way to the file changes, as far as reads need to know.
-#[derive(Default)]
-struct InFlight {
-    sync: String,
-    cursors: HashMap<(String, Side), u64>,
-    meta: HashMap<(String, String), Option<String>>,
-    /// Links the commit writes or removes, by left and by right key.
-    left: HashSet<(String, Key)>,
-    right: HashSet<(String, Key)>,
-    links: bool,
-    inbox: bool,
-    intents: bool,
-    conflicts: bool,
-    dead_letters: bool,
-    audit: bool,
-}
-
-impl InFlight {
-    fn of(sync: &str, ops: &[Op]) -> Self {
-        let mut f = InFlight { sync: sync.to_string(), ..InFlight::default() };
-        for op in ops {
-            match op {
-                Op::Cursor { sync, side, pos } => {
-                    f.cursors.insert((sync.clone(), *side), *pos);
-                }
-                Op::Meta { sync, name, value } => {
-                    f.meta.insert((sync.clone(), name.clone()), value.clone());
-                }
-                Op::Touch { .. } | Op::Untouch { .. } => f.inbox = true,
-                Op::PutLink { sync, link } | Op::NewLink { sync, link } => {
-                    f.links = true;
-                    f.left.insert((sync.clone(), link.left.clone()));
-                    f.right.insert((sync.clone(), link.right.clone()));
-                }
-                Op::DropLink { sync, left } => {
-                    f.links = true;
-                    f.left.insert((sync.clone(), left.clone()));
-                }
-                Op::PutIntent { .. } | Op::DropIntent { .. } => f.intents = true,
-                Op::OpenConflict(_) | Op::RefreshConflict { .. } | Op::CloseConflict { .. } => f.conflicts = true,
-                Op::DeadLetter(_) | Op::ClearDeadLetter { .. } => f.dead_letters = true,
-                Op::Audit(_) => f.audit = true,
-            }
-        }
-        f
-    }
-
-    /// True when the commit may change the answer for one of `sync`'s links with these keys
-    /// on `side`, or displaces one of the `found` links (it removes or rewrites a link with
-    /// its left key, or gives its right key to another record).
-    fn touches_links<'a>(
-        &self,
-        sync: &str,
-        side: Side,
-        keys: &[Key],
-        found: impl IntoIterator<Item = &'a Link>,
-    ) -> bool {
-        let set = match side {
-            Side::Left => &self.left,
-            Side::Right => &self.right,
-        };
-        let hit = |set: &HashSet<(String, Key)>, k: &Key| set.contains(&(sync.to_string(), k.clone()));
-        self.links
-            && (keys.iter().any(|k| hit(set, k))
-                || found.into_iter().any(|l| hit(&self.left, &l.left) || hit(&self.right, &l.right)))
-    }
 }
 
 impl SqliteStore {
     /// Opens (creating when missing) the state file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Self::connect(path)?;
-        Self::init(conn, path)
-    }
-
-    fn connect(path: &Path) -> Result<Connection, StoreError> {
         let conn = Connection::open(path).map_err(|e| err(&format!("opening {}", path.display()), e))?;
         conn.set_prepared_statement_cache_capacity(64);
-        conn.busy_timeout(Duration::from_secs(30)).map_err(|e| err("busy timeout", e))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err("WAL mode", e))?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| err("synchronous", e))?;
-        Ok(conn)
-    }
-
-    /// Waits for the commit in flight, if any, and reports its failure.
-    fn wait(&mut self) -> Result<(), StoreError> {
-        let Some(flight) = self.in_flight.take() else { return Ok(()) };
-        let writer = self.writer.as_ref().expect("a commit in flight has a writer");
-        match writer.done.recv() {
-            Ok(Ok(())) => {
-                self.settled.insert(flight.sync);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(StoreError { message: format!("{} (a background state commit)", e.message), ..e }),
-            Err(_) => {
-                self.writer = None;
-                Err(StoreError::new("the state writer thread stopped"))
-            }
-        }
-    }
-
-    /// Waits for the commit in flight when `touched` says it changes what is about to be read.
-    fn wait_if(&mut self, touched: impl Fn(&InFlight) -> bool) -> Result<(), StoreError> {
-        if self.in_flight.as_ref().is_some_and(touched) {
-            self.wait()?;
-        }
-        Ok(())
-    }
-
-    fn writer(&mut self) -> Result<&Writer, StoreError> {
-        if self.writer.is_none() {
-            let mut conn = Self::connect(&self.path)?;
-            let (ops_tx, ops_rx) = mpsc::channel::<Vec<Op>>();
-            let (done_tx, done_rx) = mpsc::channel();
-            let thread = std::thread::Builder::new()
-                .name("tandem-state".into())
-                .spawn(move || {
-                    for ops in ops_rx {
-                        if done_tx.send(Self::commit_on(&mut conn, ops)).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .map_err(|e| StoreError::new(format!("starting the state writer thread: {e}")))?;
-            self.writer = Some(Writer { ops: ops_tx, done: done_rx, thread: Some(thread) });
-        }
-        Ok(self.writer.as_ref().expect("set above"))
-    }
-
-    fn commit_on(conn: &mut Connection, ops: Vec<Op>) -> Result<(), StoreError> {
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| err("beginning commit", e))?;
-        let mut prev: Option<String> = None;
-        for op in ops {
-            if let Op::Audit(a) = op {
-                Self::append_audit(&tx, &mut prev, &a).map_err(|e| err("writing audit", e))?;
-                continue;
-            }
-            Self::apply(&tx, op).map_err(|e| err("writing state", e))?;
-        }
-        tx.commit().map_err(|e| err("committing state", e))
+        Self::init(conn)
     }
 
     /// Opens an existing state file without creating one (for read-only commands).
@@ -228,7 +72,10 @@ impl SqliteStore {
         Self::open(path)
     }
 
-    fn init(conn: Connection, path: &Path) -> Result<Self, StoreError> {
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(Duration::from_secs(30)).map_err(|e| err("busy timeout", e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err("WAL mode", e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| err("synchronous", e))?;
         conn.execute_batch(SCHEMA).map_err(|e| err("creating state schema", e))?;
         // State files from before links had `pending` get the column.
         let has_pending: bool = conn
@@ -251,8 +98,7 @@ impl SqliteStore {
             conn.execute_batch("ALTER TABLE inbox ADD COLUMN pos INTEGER NOT NULL DEFAULT 0")
                 .map_err(|e| err("upgrading state schema", e))?;
         }
-        let chained = column("audit", "hash")?;
-        if !chained {
+        if !column("audit", "hash")? {
             conn.execute_batch(
                 "ALTER TABLE audit ADD COLUMN position INTEGER;
                  ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
@@ -260,13 +106,11 @@ impl SqliteStore {
                  CREATE INDEX IF NOT EXISTS audit_at ON audit (at);",
             )
             .map_err(|e| err("upgrading state schema", e))?;
-        }
-        let mut store =
-            SqliteStore { conn, path: path.to_path_buf(), writer: None, in_flight: None, settled: HashSet::new() };
-        if !chained {
+            let mut store = SqliteStore { conn };
             store.chain_unchained()?;
+            return Ok(store);
         }
-        Ok(store)
+        Ok(SqliteStore { conn })
     }
 
     /// Gives audit rows written before the chain existed their hashes, in id order.
@@ -287,7 +131,6 @@ impl SqliteStore {
     /// carry the hash of the one before (or of the last row removed by retention) and hash to
     /// its own recorded value.
     pub fn verify_audit(&mut self) -> Result<AuditVerdict, StoreError> {
-        self.wait()?;
         let anchor = self.meta("", "audit_anchor")?.unwrap_or_default();
         let mut stmt = self
             .conn
@@ -324,7 +167,6 @@ impl SqliteStore {
     /// Removes audit rows older than `before` (ms), keeping the chain checkable: the hash of the
     /// last row removed becomes the anchor the first kept row is checked against.
     pub fn prune_audit(&mut self, before: i64) -> Result<u64, StoreError> {
-        self.wait()?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -350,7 +192,6 @@ impl SqliteStore {
     /// How many conflicts of a sync are open, and how many dead letters it has (for status
     /// displays, without reading them).
     pub fn open_counts(&mut self, sync: &str) -> Result<(u64, u64), StoreError> {
-        self.wait()?;
         self.conn
             .query_row(
                 "SELECT (SELECT count(*) FROM conflicts WHERE sync = ?1 AND resolution IS NULL),
@@ -363,7 +204,6 @@ impl SqliteStore {
 
     /// The oldest change time of a side's records waiting in the inbox (captured changes only).
     pub fn inbox_oldest(&mut self, sync: &str, s: Side) -> Result<Option<i64>, StoreError> {
-        self.wait()?;
         self.conn
             .query_row(
                 "SELECT min(at) FROM inbox WHERE sync = ?1 AND side = ?2 AND at > 0",
@@ -375,7 +215,6 @@ impl SqliteStore {
 
     /// Audit rows matching a query, oldest first, at most `limit` (the latest ones).
     pub fn audit_query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
-        self.wait()?;
         let mut sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
@@ -559,37 +398,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn link_in_file(&mut self, sync: &str, s: Side, k: &Key) -> Result<Option<Link>, StoreError> {
-        let sql = match s {
-            Side::Left => {
-                "SELECT left_key, right_key, base, tombstone, pending FROM links WHERE sync = ?1 AND left_key = ?2"
-            }
-            Side::Right => {
-                "SELECT left_key, right_key, base, tombstone, pending FROM links WHERE sync = ?1 AND right_key = ?2"
-            }
-        };
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| err("reading link", e))?;
-        stmt.query_row(params![sync, k.as_str()], Self::link_from).optional().map_err(|e| err("reading link", e))
-    }
-
-    fn links_in_file(&mut self, sync: &str, s: Side, keys: &[Key]) -> Result<HashMap<Key, Link>, StoreError> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = match s {
-            Side::Left => "SELECT l.left_key, l.right_key, l.base, l.tombstone, l.pending FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.left_key = j.value",
-            Side::Right => "SELECT l.left_key, l.right_key, l.base, l.tombstone, l.pending FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.right_key = j.value",
-        };
-        let wanted = serde_json::to_string(&keys.iter().map(Key::as_str).collect::<Vec<_>>())
-            .map_err(|e| StoreError::new(format!("encoding keys: {e}")))?;
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| err("reading links", e))?;
-        let links: Vec<Link> = stmt
-            .query_map(params![sync, wanted], Self::link_from)
-            .and_then(|it| it.collect())
-            .map_err(|e| err("reading links", e))?;
-        Ok(links.into_iter().map(|l| (l.key(s).clone(), l)).collect())
-    }
-
     fn link_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Link> {
         Ok(Link {
             left: key(r.get(0)?),
@@ -617,7 +425,6 @@ impl SqliteStore {
 
     /// Audit rows of one record (by its left or right key), in order.
     pub fn audit_of(&mut self, sync: Option<&str>, key_text: &str) -> Result<Vec<AuditRow>, StoreError> {
-        self.wait()?;
         self.audit_query(&AuditQuery {
             sync: sync.map(str::to_string),
             key: Some(key_text.to_string()),
@@ -739,52 +546,24 @@ pub fn parse_key_text(text: &str) -> Key {
 const CONFLICT_COLS: &str =
     "id, sync, left_key, right_key, field, base, left_value, right_value, opened_at, resolution";
 
-impl Drop for SqliteStore {
-    /// A commit in flight is finished, not abandoned.
-    fn drop(&mut self) {
-        if let Err(e) = self.wait() {
-            tracing::error!("state commit failed while closing: {e}");
-        }
-        if let Some(mut w) = self.writer.take() {
-            drop(w.ops);
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
 impl StateStore for SqliteStore {
     fn commit(&mut self, ops: Vec<Op>) -> Result<(), StoreError> {
-        self.wait()?;
-        Self::commit_on(&mut self.conn, ops)
-    }
-
-    fn commit_behind(&mut self, sync: &str, ops: Vec<Op>) -> Result<bool, StoreError> {
-        self.wait()?;
-        let flight = InFlight::of(sync, &ops);
-        let writer = self.writer()?;
-        if writer.ops.send(ops).is_err() {
-            self.writer = None;
-            return Err(StoreError::new("the state writer thread stopped"));
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| err("beginning commit", e))?;
+        let mut prev: Option<String> = None;
+        for op in ops {
+            if let Op::Audit(a) = op {
+                Self::append_audit(&tx, &mut prev, &a).map_err(|e| err("writing audit", e))?;
+                continue;
+            }
+            Self::apply(&tx, op).map_err(|e| err("writing state", e))?;
         }
-        self.in_flight = Some(flight);
-        Ok(true)
-    }
-
-    fn settle(&mut self, sync: &str) -> Result<bool, StoreError> {
-        self.wait()?;
-        Ok(self.settled.remove(sync))
-    }
-
-    fn in_flight(&self, sync: &str) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| f.sync == sync)
+        tx.commit().map_err(|e| err("committing state", e))
     }
 
     fn cursor(&mut self, sync: &str, s: Side) -> Result<Option<u64>, StoreError> {
-        if let Some(pos) = self.in_flight.as_ref().and_then(|f| f.cursors.get(&(sync.to_string(), s))) {
-            return Ok(Some(*pos));
-        }
         self.conn
             .query_row("SELECT pos FROM cursors WHERE sync = ?1 AND side = ?2", params![sync, s.as_str()], |r| {
                 r.get::<_, i64>(0)
@@ -795,7 +574,6 @@ impl StateStore for SqliteStore {
     }
 
     fn inbox(&mut self, sync: &str, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
-        self.wait_if(|f| f.inbox)?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, side, key, at, pos FROM inbox WHERE sync = ?1 ORDER BY seq LIMIT ?2")
@@ -816,7 +594,6 @@ impl StateStore for SqliteStore {
     }
 
     fn inbox_len(&mut self, sync: &str, s: Side) -> Result<u64, StoreError> {
-        self.wait_if(|f| f.inbox)?;
         self.conn
             .query_row("SELECT count(*) FROM inbox WHERE sync = ?1 AND side = ?2", params![sync, s.as_str()], |r| {
                 r.get::<_, i64>(0)
@@ -826,7 +603,6 @@ impl StateStore for SqliteStore {
     }
 
     fn inbox_at(&mut self, sync: &str, s: Side, k: &Key) -> Result<Option<i64>, StoreError> {
-        self.wait_if(|f| f.inbox)?;
         self.conn
             .query_row(
                 "SELECT at FROM inbox WHERE sync = ?1 AND side = ?2 AND key = ?3",
@@ -838,27 +614,37 @@ impl StateStore for SqliteStore {
     }
 
     fn link(&mut self, sync: &str, s: Side, k: &Key) -> Result<Option<Link>, StoreError> {
-        self.wait_if(|f| f.touches_links(sync, s, std::slice::from_ref(k), []))?;
-        let found = self.link_in_file(sync, s, k)?;
-        if self.in_flight.as_ref().is_some_and(|f| f.touches_links(sync, s, &[], &found)) {
-            self.wait()?;
-            return self.link_in_file(sync, s, k);
-        }
-        Ok(found)
+        let sql = match s {
+            Side::Left => {
+                "SELECT left_key, right_key, base, tombstone, pending FROM links WHERE sync = ?1 AND left_key = ?2"
+            }
+            Side::Right => {
+                "SELECT left_key, right_key, base, tombstone, pending FROM links WHERE sync = ?1 AND right_key = ?2"
+            }
+        };
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| err("reading link", e))?;
+        stmt.query_row(params![sync, k.as_str()], Self::link_from).optional().map_err(|e| err("reading link", e))
     }
 
     fn links_of(&mut self, sync: &str, s: Side, keys: &[Key]) -> Result<HashMap<Key, Link>, StoreError> {
-        self.wait_if(|f| f.touches_links(sync, s, keys, []))?;
-        let found = self.links_in_file(sync, s, keys)?;
-        if self.in_flight.as_ref().is_some_and(|f| f.touches_links(sync, s, &[], found.values())) {
-            self.wait()?;
-            return self.links_in_file(sync, s, keys);
+        if keys.is_empty() {
+            return Ok(HashMap::new());
         }
-        Ok(found)
+        let sql = match s {
+            Side::Left => "SELECT l.left_key, l.right_key, l.base, l.tombstone, l.pending FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.left_key = j.value",
+            Side::Right => "SELECT l.left_key, l.right_key, l.base, l.tombstone, l.pending FROM json_each(?2) AS j CROSS JOIN links AS l ON l.sync = ?1 AND l.right_key = j.value",
+        };
+        let wanted = serde_json::to_string(&keys.iter().map(Key::as_str).collect::<Vec<_>>())
+            .map_err(|e| StoreError::new(format!("encoding keys: {e}")))?;
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| err("reading links", e))?;
+        let links: Vec<Link> = stmt
+            .query_map(params![sync, wanted], Self::link_from)
+            .and_then(|it| it.collect())
+            .map_err(|e| err("reading links", e))?;
+        Ok(links.into_iter().map(|l| (l.key(s).clone(), l)).collect())
     }
 
     fn links(&mut self, sync: &str) -> Result<Vec<Link>, StoreError> {
-        self.wait()?;
         let mut stmt = self
             .conn
             .prepare("SELECT left_key, right_key, base, tombstone, pending FROM links WHERE sync = ?1")
@@ -869,7 +655,6 @@ impl StateStore for SqliteStore {
     }
 
     fn link_count(&mut self, sync: &str) -> Result<u64, StoreError> {
-        self.wait_if(|f| f.links)?;
         self.conn
             .query_row("SELECT count(*) FROM links WHERE sync = ?1 AND tombstone IS NULL", [sync], |r| {
                 r.get::<_, i64>(0)
@@ -879,7 +664,6 @@ impl StateStore for SqliteStore {
     }
 
     fn intents(&mut self, sync: &str) -> Result<Vec<Intent>, StoreError> {
-        self.wait_if(|f| f.intents)?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT id, source, source_key, base, revisit FROM intents WHERE sync = ?1")
@@ -900,7 +684,6 @@ impl StateStore for SqliteStore {
     }
 
     fn conflicts(&mut self, sync: Option<&str>, open_only: bool) -> Result<Vec<Conflict>, StoreError> {
-        self.wait_if(|f| f.conflicts)?;
         let sql = format!(
             "SELECT {CONFLICT_COLS} FROM conflicts WHERE (?1 IS NULL OR sync = ?1) AND (?2 = 0 OR resolution IS NULL) ORDER BY id"
         );
@@ -913,7 +696,6 @@ impl StateStore for SqliteStore {
     }
 
     fn dead_letters(&mut self, sync: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        self.wait_if(|f| f.dead_letters)?;
         let mut stmt = self
             .conn
             .prepare("SELECT id, sync, side, key, field, value_type, error, at FROM dead_letters WHERE (?1 IS NULL OR sync = ?1) ORDER BY id")
@@ -937,7 +719,6 @@ impl StateStore for SqliteStore {
     }
 
     fn audit(&mut self, sync: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
-        self.wait_if(|f| f.audit)?;
         let mut stmt = self
             .conn
             .prepare(&format!("SELECT {AUDIT_COLS} FROM audit WHERE (?1 IS NULL OR sync = ?1) ORDER BY id"))
@@ -950,9 +731,6 @@ impl StateStore for SqliteStore {
     }
 
     fn meta(&mut self, sync: &str, name: &str) -> Result<Option<String>, StoreError> {
-        if let Some(value) = self.in_flight.as_ref().and_then(|f| f.meta.get(&(sync.to_string(), name.to_string()))) {
-            return Ok(value.clone());
-        }
         self.conn
             .query_row("SELECT value FROM meta WHERE sync = ?1 AND name = ?2", params![sync, name], |r| r.get(0))
             .optional()
@@ -972,73 +750,6 @@ mod tests {
         let path = std::env::temp_dir().join(format!("tandem-state-{name}-{}.db", std::process::id()));
         let _ = std::fs::remove_file(&path);
         (SqliteStore::open(&path).unwrap(), path)
-    }
-
-    fn link(left: &str, right: &str, note: &str) -> Link {
-        Link {
-            left: Key::from_stored(left.to_string()),
-            right: Key::from_stored(right.to_string()),
-            base: [("note".into(), Value::Text(note.into()))].into_iter().collect(),
-            tombstone: None,
-            pending: Default::default(),
-        }
-    }
-
-    fn k(text: &str) -> Key {
-        Key::from_stored(text.to_string())
-    }
-
-    /// While a commit is on its way to disk, reads answer as if it were applied: positions
-    /// and named values from the commit itself, links from the file unless the commit writes,
-    /// removes or displaces one of them (then the read waits for it).
-    #[test]
-    fn reads_during_a_background_commit_see_it_applied() {
-        let (mut store, path) = temp_store("behind");
-        let put = |l: Link| Op::PutLink { sync: "s".into(), link: l };
-        store
-            .commit(vec![put(link("[1]", "[10]", "a")), put(link("[2]", "[20]", "a")), put(link("[3]", "[30]", "a"))])
-            .unwrap();
-        let ops = vec![
-            put(link("[1]", "[10]", "b")),
-            // [4] takes [30], which displaces [3]'s link.
-            Op::NewLink { sync: "s".into(), link: link("[4]", "[30]", "new") },
-            Op::Cursor { sync: "s".into(), side: Side::Left, pos: 7 },
-            Op::Meta { sync: "s".into(), name: "x".into(), value: Some("v".into()) },
-            row(5, "batch"),
-        ];
-        assert!(store.commit_behind("s", ops).unwrap());
-        assert!(store.in_flight("s") && !store.in_flight("t"));
-        // Untouched records, the cursor and named values: answered without waiting.
-        assert_eq!(store.cursor("s", Side::Left).unwrap(), Some(7));
-        assert_eq!(store.meta("s", "x").unwrap().as_deref(), Some("v"));
-        let two = store.links_of("s", Side::Left, &[k("[2]")]).unwrap();
-        assert_eq!(two[&k("[2]")].base, link("[2]", "[20]", "a").base);
-        assert!(store.in_flight("s"), "reads of untouched state waited for the commit");
-        // A displaced link is gone, found by its own key.
-        assert!(store.links_of("s", Side::Left, &[k("[3]")]).unwrap().is_empty());
-        assert!(!store.in_flight("s"));
-        assert_eq!(store.link("s", Side::Right, &k("[30]")).unwrap().unwrap().left, k("[4]"));
-        assert_eq!(store.link("s", Side::Left, &k("[1]")).unwrap().unwrap().base, link("[1]", "[10]", "b").base);
-        assert!(store.settle("s").unwrap(), "the commit's sync hears it is durable, once");
-        assert!(!store.settle("s").unwrap());
-
-        // A rewritten link is read as written; closing the store finishes a commit in flight.
-        assert!(store.commit_behind("s", vec![put(link("[2]", "[20]", "c"))]).unwrap());
-        assert_eq!(store.link("s", Side::Right, &k("[20]")).unwrap().unwrap().base, link("[2]", "[20]", "c").base);
-        assert!(store.commit_behind("s", vec![Op::DropLink { sync: "s".into(), left: k("[2]") }]).unwrap());
-        assert!(store.link("s", Side::Right, &k("[20]")).unwrap().is_none(), "a dropped link found by its right key");
-        assert!(store
-            .commit_behind("s", vec![row(6, "last"), Op::Cursor { sync: "s".into(), side: Side::Right, pos: 9 }])
-            .unwrap());
-        drop(store);
-        let mut store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.cursor("s", Side::Right).unwrap(), Some(9));
-        assert_eq!(store.audit(Some("s")).unwrap().last().unwrap().detail, "last");
-        assert!(
-            matches!(store.verify_audit().unwrap(), AuditVerdict::Intact { .. }),
-            "one chain across both connections"
-        );
-        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -543,12 +543,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Commits state changes, keeping the values of sensitive fields out of the audit rows.
-    fn commit(&mut self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let ops = self.redacted(ops);
-        self.store.commit(ops)
-    }
-
-    fn redacted(&self, mut ops: Vec<Op>) -> Vec<Op> {
+    fn commit(&mut self, mut ops: Vec<Op>) -> Result<(), StoreError> {
         if !self.spec.sensitive.is_empty() {
             for op in &mut ops {
                 if let Op::Audit(a) = op {
@@ -556,23 +551,7 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        ops
-    }
-
-    /// Waits for this sync's state commit still on its way to disk, if any (see
-    /// [`StateStore::commit_behind`]); once it is durable the sources hear that the positions
-    /// it records are done.
-    fn settle(&mut self) -> Result<(), EngineError> {
-        if self.store.settle(&self.spec.name)? {
-            let mut trims = Vec::with_capacity(2);
-            for side in [Side::Left, Side::Right] {
-                if let Some(pos) = self.store.cursor(&self.spec.name, side)? {
-                    trims.push((side, pos));
-                }
-            }
-            self.trim(trims)?;
-        }
-        Ok(())
+        self.store.commit(ops)
     }
 
     fn audit_base(&self) -> AuditRow {
@@ -783,11 +762,7 @@ impl<'a> Engine<'a> {
         let mut trims = Vec::new();
         let mut entries = Vec::new();
         let inbox_empty = self.store.inbox(&self.spec.name, 1)?.is_empty();
-        // A stream is waited for only once the last batch's state is durable (so that its
-        // positions are acknowledged before the wait, not after it): with a commit in flight
-        // the streams are only polled, and if nothing came the commit is waited for instead.
-        let idle = inbox_empty && report.loaded == [0, 0];
-        let wait = idle && !self.store.in_flight(&self.spec.name);
+        let wait = inbox_empty && report.loaded == [0, 0];
         let mut pages = Vec::with_capacity(2);
         for side in [Side::Left, Side::Right] {
             let cursor = self.store.cursor(&self.spec.name, side)?.unwrap_or(0);
@@ -832,9 +807,6 @@ impl<'a> Engine<'a> {
             trims.push((side, page.next));
         }
         if ops.is_empty() {
-            if idle && !wait {
-                self.settle()?;
-            }
             return Ok(None);
         }
         let direct = Direct { entries, ops, trims };
@@ -976,8 +948,6 @@ impl<'a> Engine<'a> {
             first.push(Op::Meta { sync: self.sync(), name: PENDING.into(), value: Some(pending_to_json(&pending)) });
         }
         drop(pending);
-        // The previous batch's state is durable before this one writes anything.
-        self.settle()?;
         if !first.is_empty() {
             self.commit(first)?;
         }
@@ -1130,16 +1100,7 @@ impl<'a> Engine<'a> {
             }
             None => Vec::new(),
         };
-        let ops = self.redacted(ops);
-        if confirmed.iter().all(Vec::is_empty) {
-            // Nothing waits on this commit but the sources' positions: it may reach the disk
-            // while the next batch is read and decided; the next batch's writes wait for it.
-            if self.store.commit_behind(&self.spec.name, ops)? {
-                return Ok(());
-            }
-        } else {
-            self.store.commit(ops)?;
-        }
+        self.commit(ops)?;
         self.trim(trims)?;
         self.forget(confirmed)
     }

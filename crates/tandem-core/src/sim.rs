@@ -403,90 +403,32 @@ impl Connector for MemoryTable {
 }
 
 /// A [`MemoryStore`] whose commits can be cut by a [`Fuse`] (a crash before the commit).
-///
-/// Commits made with [`StateStore::commit_behind`] stay pending, as on a disk that has not
-/// finished them, until [`StateStore::settle`] (or a commit) takes them in; reads see them. A
-/// crash ([`FusedStore::crash`], or the fuse blowing while one is pending) loses them.
 #[derive(Debug, Default)]
 pub struct FusedStore {
     /// The state that survives crashes.
     pub inner: MemoryStore,
     /// Crash fuse.
     pub fuse: Fuse,
-    /// A commit not yet durable, with its sync.
-    pub pending: Option<(String, Vec<Op>)>,
-    settled: std::collections::HashSet<String>,
-}
-
-impl FusedStore {
-    /// An empty store cut by `fuse`.
-    pub fn new(fuse: Fuse) -> Self {
-        FusedStore { fuse, ..Default::default() }
-    }
-
-    /// The process died: a commit not yet durable is lost.
-    pub fn crash(&mut self) {
-        self.pending = None;
-        self.settled.clear();
-    }
-
-    fn wait(&mut self) -> Result<(), StoreError> {
-        let Some((sync, ops)) = self.pending.take() else { return Ok(()) };
-        if self.fuse.tick() {
-            return Err(StoreError::new("injected crash before a background commit was durable"));
-        }
-        self.inner.commit(ops)?;
-        self.settled.insert(sync);
-        Ok(())
-    }
-
-    /// Reads what a reader sees: the durable state with the pending commit applied.
-    fn read<T>(&mut self, f: impl FnOnce(&mut MemoryStore) -> T) -> T {
-        match &self.pending {
-            None => f(&mut self.inner),
-            Some((_, ops)) => {
-                let mut view = self.inner.clone();
-                view.commit(ops.clone()).expect("a memory commit applies");
-                f(&mut view)
-            }
-        }
-    }
 }
 
 impl StateStore for FusedStore {
     fn commit(&mut self, ops: Vec<Op>) -> Result<(), StoreError> {
-        self.wait()?;
         if self.fuse.tick() {
             return Err(StoreError::new("injected crash before commit"));
         }
         self.inner.commit(ops)
     }
-    fn commit_behind(&mut self, sync: &str, ops: Vec<Op>) -> Result<bool, StoreError> {
-        self.wait()?;
-        if self.fuse.tick() {
-            return Err(StoreError::new("injected crash before commit"));
-        }
-        self.pending = Some((sync.to_string(), ops));
-        Ok(true)
-    }
-    fn settle(&mut self, sync: &str) -> Result<bool, StoreError> {
-        self.wait()?;
-        Ok(self.settled.remove(sync))
-    }
-    fn in_flight(&self, sync: &str) -> bool {
-        self.pending.as_ref().is_some_and(|(s, _)| s == sync)
-    }
     fn cursor(&mut self, sync: &str, side: crate::mapping::Side) -> Result<Option<u64>, StoreError> {
-        self.read(|s| s.cursor(sync, side))
+        self.inner.cursor(sync, side)
     }
     fn inbox(&mut self, sync: &str, limit: usize) -> Result<Vec<crate::store::InboxEntry>, StoreError> {
-        self.read(|s| s.inbox(sync, limit))
+        self.inner.inbox(sync, limit)
     }
     fn inbox_len(&mut self, sync: &str, side: crate::mapping::Side) -> Result<u64, StoreError> {
-        self.read(|s| s.inbox_len(sync, side))
+        self.inner.inbox_len(sync, side)
     }
     fn inbox_at(&mut self, sync: &str, side: crate::mapping::Side, key: &Key) -> Result<Option<i64>, StoreError> {
-        self.read(|s| s.inbox_at(sync, side, key))
+        self.inner.inbox_at(sync, side, key)
     }
     fn link(
         &mut self,
@@ -494,27 +436,27 @@ impl StateStore for FusedStore {
         side: crate::mapping::Side,
         key: &Key,
     ) -> Result<Option<crate::store::Link>, StoreError> {
-        self.read(|s| s.link(sync, side, key))
+        self.inner.link(sync, side, key)
     }
     fn links(&mut self, sync: &str) -> Result<Vec<crate::store::Link>, StoreError> {
-        self.read(|s| s.links(sync))
+        self.inner.links(sync)
     }
     fn link_count(&mut self, sync: &str) -> Result<u64, StoreError> {
-        self.read(|s| s.link_count(sync))
+        self.inner.link_count(sync)
     }
     fn intents(&mut self, sync: &str) -> Result<Vec<crate::store::Intent>, StoreError> {
-        self.read(|s| s.intents(sync))
+        self.inner.intents(sync)
     }
     fn conflicts(&mut self, sync: Option<&str>, open_only: bool) -> Result<Vec<crate::store::Conflict>, StoreError> {
-        self.read(|s| s.conflicts(sync, open_only))
+        self.inner.conflicts(sync, open_only)
     }
     fn dead_letters(&mut self, sync: Option<&str>) -> Result<Vec<crate::store::DeadLetter>, StoreError> {
-        self.read(|s| s.dead_letters(sync))
+        self.inner.dead_letters(sync)
     }
     fn audit(&mut self, sync: Option<&str>) -> Result<Vec<crate::store::AuditRow>, StoreError> {
-        self.read(|s| s.audit(sync))
+        self.inner.audit(sync)
     }
     fn meta(&mut self, sync: &str, name: &str) -> Result<Option<String>, StoreError> {
-        self.read(|s| s.meta(sync, name))
+        self.inner.meta(sync, name)
     }
 }

@@ -204,28 +204,6 @@ impl StoreError {
 pub trait StateStore {
     /// Applies all `ops` atomically and durably, in order.
     fn commit(&mut self, ops: Vec<Op>) -> Result<(), StoreError>;
-    /// Applies the `ops` of `sync` atomically, like [`StateStore::commit`], but may make them
-    /// durable in the background while the caller goes on: every read answers as if they were
-    /// applied. Returns true when it did so; then nothing may be acknowledged to a source on
-    /// the strength of these ops until [`StateStore::settle`] reports them durable. A store
-    /// that commits at once returns false (the default).
-    fn commit_behind(&mut self, sync: &str, ops: Vec<Op>) -> Result<bool, StoreError> {
-        let _ = sync;
-        self.commit(ops).map(|()| false)
-    }
-    /// Waits until no commit made with [`StateStore::commit_behind`] is in flight (a failed
-    /// one is reported here, and nothing of it was applied); true when one of `sync`'s became
-    /// durable since the last call for `sync` (here, or when a read or a commit waited for it).
-    fn settle(&mut self, sync: &str) -> Result<bool, StoreError> {
-        let _ = sync;
-        Ok(false)
-    }
-    /// True while a commit of `sync` made with [`StateStore::commit_behind`] may not be
-    /// durable yet.
-    fn in_flight(&self, sync: &str) -> bool {
-        let _ = sync;
-        false
-    }
     /// A side's capture position.
     fn cursor(&mut self, sync: &str, side: Side) -> Result<Option<u64>, StoreError>;
     /// Up to `limit` inbox entries in arrival order.
