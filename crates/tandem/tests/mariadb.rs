@@ -2,15 +2,13 @@
 //! binlog switched on by scripts/mariadb-setup). Each test makes its own databases.
 //!
 //! The binlog is the server's, shared by every test: tests that purge it or restart the server
-//! take the lock for writing, the others for reading, so they never pull it from under another.
+//! hold the server alone (`MyDb::alone`), the others share it (`MyDb::new`), so they never pull
+//! it from under another, in `cargo test` and `cargo nextest` alike.
 
 mod common;
 
 use common::*;
-use std::sync::RwLock;
 use std::time::{Duration, Instant};
-
-static BINLOG: RwLock<()> = RwLock::new(());
 
 const MY_TYPES: &str = "CREATE TABLE items (id BIGINT PRIMARY KEY, i INT, tiny TINYINT, n DECIMAL(12,2), d DOUBLE,
     t TEXT, v VARCHAR(20), flag BOOL, day DATE, ts DATETIME, j JSON, bin BLOB, e ENUM('red','green'), ts6 DATETIME(6))";
@@ -65,7 +63,6 @@ fn run_once(c: &str) -> String {
 
 #[test]
 fn pg_and_mariadb_keep_every_type_both_ways_and_refused_values_go_to_dead_letters() {
-    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
     let (a, b) = (PgDb::new("my_types_a"), MyDb::new("types_b"));
     a.sql(PG_TYPES);
     b.sql(MY_TYPES);
@@ -190,7 +187,6 @@ conflict = {{ prefer = "b" }}
 
 #[test]
 fn sqlite_and_mariadb_match_on_email_resolve_conflicts_and_survive_sigkill_mid_stream() {
-    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
     let b = MyDb::new("people_b");
     let dir = TempDir::new("mypeople");
     let c = sqlite_my_config(&dir, &b);
@@ -245,8 +241,7 @@ fn sqlite_and_mariadb_match_on_email_resolve_conflicts_and_survive_sigkill_mid_s
 
 #[test]
 fn a_purged_binlog_is_detected_and_named() {
-    let _alone = BINLOG.write().unwrap_or_else(|e| e.into_inner());
-    let b = MyDb::new("purged_b");
+    let b = MyDb::alone("purged_b");
     let dir = TempDir::new("mypurged");
     let c = sqlite_my_config(&dir, &b);
     run_once(&c);
@@ -284,8 +279,7 @@ fn a_purged_binlog_is_detected_and_named() {
 
 #[test]
 fn mariadb_restarted_mid_sync_then_tandem_resumes() {
-    let _alone = BINLOG.write().unwrap_or_else(|e| e.into_inner());
-    let b = MyDb::new("restart_b");
+    let b = MyDb::alone("restart_b");
     let dir = TempDir::new("myrestart");
     let c = sqlite_my_config(&dir, &b);
     let a = db(&dir.path("a.db"));
@@ -320,7 +314,6 @@ fn mariadb_restarted_mid_sync_then_tandem_resumes() {
 
 #[test]
 fn a_first_load_into_an_empty_auto_increment_table_survives_sigkill() {
-    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
     let b = MyDb::new("load_b");
     let dir = TempDir::new("myload");
     b.sql(
@@ -378,7 +371,6 @@ fn a_first_load_into_an_empty_auto_increment_table_survives_sigkill() {
 
 #[test]
 fn check_names_what_a_mariadb_user_lacks() {
-    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
     let b = MyDb::new("grants_b");
     b.sql("CREATE TABLE customers (customer_no INT AUTO_INCREMENT PRIMARY KEY, full_name VARCHAR(100), user_email VARCHAR(100), notes TEXT, tier VARCHAR(10))");
     let user = format!("tandem_t_{}", fastrand::u32(..));
@@ -412,7 +404,6 @@ fn check_names_what_a_mariadb_user_lacks() {
 
 #[test]
 fn verify_full_refuses_a_certificate_for_another_host_name() {
-    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
     let b = MyDb::new("tls_b");
     b.sql("CREATE TABLE items (id BIGINT PRIMARY KEY, t TEXT)");
     b.sql("INSERT INTO items VALUES (1, 'over TLS')");
@@ -444,7 +435,6 @@ fn verify_full_refuses_a_certificate_for_another_host_name() {
 
 #[test]
 fn datetime_means_the_configured_zone_and_timestamp_is_utc_both_ways() {
-    let _shared = BINLOG.read().unwrap_or_else(|e| e.into_inner());
     let (a, b) = (PgDb::new("zone_a"), MyDb::new("zone_b"));
     a.sql("CREATE TABLE events (id bigint PRIMARY KEY, local_at timestamptz, stamp timestamptz, naive timestamp)");
     b.sql("CREATE TABLE events (id BIGINT PRIMARY KEY, local_at DATETIME(3), stamp TIMESTAMP(3) NULL, naive DATETIME)");

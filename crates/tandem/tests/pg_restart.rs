@@ -1,6 +1,6 @@
 //! PostgreSQL restarted under a running `tandem run`: it reconnects with backoff and resumes
-//! from its slot. Its own test binary, because the restart would cut the connections of any
-//! test running beside it.
+//! from its slot. The restart would cut the connections of any test running beside it: its
+//! database holds the server alone (see `ServerLock`), and it has a test binary of its own.
 
 mod common;
 
@@ -29,7 +29,7 @@ fn restart_postgres() {
 
 #[test]
 fn tandem_resumes_after_postgres_restarts() {
-    let a = PgDb::new("restart_a");
+    let a = PgDb::alone("restart_a");
     let dir = TempDir::new("pgrestart");
     a.sql("CREATE TABLE people (id bigserial PRIMARY KEY, name text, note text)");
     db(&dir.path("b.db")).execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, note TEXT)").unwrap();

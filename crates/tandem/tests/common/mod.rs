@@ -144,14 +144,50 @@ pub fn psql(db: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
 
+/// A test's hold on one of the machine's servers: shared by the tests that only use it (for as
+/// long as their database lives), held alone by a test that restarts the server or purges its
+/// logs. A lock on a file, so it works between the threads of `cargo test` and between the
+/// processes of `cargo nextest` alike.
+pub struct ServerLock(std::fs::File);
+
+impl ServerLock {
+    fn open(server: &str) -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("tandem-tests-{server}.lock"));
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).expect("the lock file opens")
+    }
+
+    /// Uses `server` beside other tests.
+    pub fn shared(server: &str) -> ServerLock {
+        let f = Self::open(server);
+        f.lock_shared().expect("the server lock");
+        ServerLock(f)
+    }
+
+    /// Has `server` to itself: waits until no other test uses it.
+    pub fn alone(server: &str) -> ServerLock {
+        let f = Self::open(server);
+        f.lock().expect("the server lock");
+        ServerLock(f)
+    }
+}
+
 /// A database of its own for one test; dropped (with Tandem's slots and origins) at the end.
-pub struct PgDb(pub String);
+pub struct PgDb(pub String, ServerLock);
 
 impl PgDb {
     pub fn new(name: &str) -> PgDb {
+        Self::with_lock(name, ServerLock::shared("postgres"))
+    }
+
+    /// A database for a test that restarts the server: no other test uses it meanwhile.
+    pub fn alone(name: &str) -> PgDb {
+        Self::with_lock(name, ServerLock::alone("postgres"))
+    }
+
+    fn with_lock(name: &str, lock: ServerLock) -> PgDb {
         let db = format!("tandem_t_{name}_{}", fastrand::u32(..));
         psql("postgres", &format!("CREATE DATABASE {db}"));
-        PgDb(db)
+        PgDb(db, lock)
     }
 
     pub fn url(&self) -> String {
@@ -207,13 +243,23 @@ pub fn mysql(db: &str, sql: &str) -> String {
 }
 
 /// A MariaDB database of its own for one test; dropped at the end.
-pub struct MyDb(pub String);
+pub struct MyDb(pub String, ServerLock);
 
 impl MyDb {
     pub fn new(name: &str) -> MyDb {
+        Self::with_lock(name, ServerLock::shared("mariadb"))
+    }
+
+    /// A database for a test that restarts the server or purges its binlog: no other test
+    /// uses the server meanwhile.
+    pub fn alone(name: &str) -> MyDb {
+        Self::with_lock(name, ServerLock::alone("mariadb"))
+    }
+
+    fn with_lock(name: &str, lock: ServerLock) -> MyDb {
         let db = format!("tandem_t_{name}_{}", fastrand::u32(..));
         mysql("", &format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"));
-        MyDb(db)
+        MyDb(db, lock)
     }
 
     pub fn url(&self) -> String {
