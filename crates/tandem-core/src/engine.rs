@@ -282,6 +282,67 @@ fn pending_from_json(text: &str) -> Option<Vec<(Key, [Row; 2])>> {
     items.into_iter().map(|(k, pair)| Some((Key::parse(&k)?, pair_from_json_value(&pair)))).collect()
 }
 
+/// A record's canonical values (field → value) read from a row of `side`; the field that cannot
+/// be read, and why, otherwise. `get` reads one field (copying or moving its columns' values).
+fn canonical_values(
+    spec: &SyncSpec,
+    mut get: impl FnMut(&FieldMap) -> Result<Value, MapError>,
+) -> Result<Row, (Name, MapError)> {
+    let mut out = Row::new();
+    for f in &spec.fields {
+        out.insert(f.name.clone(), get(f).map_err(|e| (f.name.clone(), e))?);
+    }
+    Ok(out)
+}
+
+/// What a record of `side` with canonical values `canon` becomes on the other side when it is
+/// created there: the columns to write, the base, and whether it must be merged again after
+/// (a field that does not flow from `side`, or a NULL one); the field that cannot be written,
+/// and why, otherwise.
+fn creation(spec: &SyncSpec, side: Side, mut canon: Row) -> Result<(Row, Row, bool), (Name, MapError)> {
+    let other = side.other();
+    let mut values = spec.defaults[other.index()].clone();
+    let mut base = Row::new();
+    let mut revisit = false;
+    for f in &spec.fields {
+        if !f.flow.allows_from(side) {
+            revisit = true;
+            continue;
+        }
+        let v = canon.remove(&f.name).unwrap_or(Value::Null);
+        revisit |= v.is_null();
+        values.extend(f.put(other, &v, None).map_err(|e| (f.name.clone(), e))?);
+        base.insert(f.name.clone(), v);
+    }
+    Ok((values, base, revisit))
+}
+
+/// [`creation`] of a page of rows of `side` for a bulk load, in order: `None` for a row that
+/// cannot be mapped (it goes the one-by-one way, which records why). Values move out of the
+/// rows, unless `shared` (two fields read one column of `side`). A big page is split over two
+/// threads: the work is pure, and the engine thread is a bulk load's bottleneck.
+fn creations(spec: &SyncSpec, side: Side, shared: bool, rows: Vec<Row>) -> Vec<Option<(Row, Row)>> {
+    let one = |mut row: Row| {
+        let canon = if shared {
+            canonical_values(spec, |f| f.get(side, &row))
+        } else {
+            canonical_values(spec, |f| f.take(side, &mut row))
+        };
+        canon.and_then(|c| creation(spec, side, c)).ok().map(|(values, base, _)| (values, base))
+    };
+    if rows.len() < 1000 {
+        return rows.into_iter().map(one).collect();
+    }
+    let mut rows = rows;
+    let second = rows.split_off(rows.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| second.into_iter().map(one).collect::<Vec<_>>());
+        let mut out: Vec<_> = rows.into_iter().map(one).collect();
+        out.extend(other.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        out
+    })
+}
+
 impl<'a> Engine<'a> {
     /// An engine for `spec` over `store` and the two connectors (left, right). `now` gives the
     /// time in ms; `batch` bounds the records handled per step.
@@ -611,19 +672,16 @@ impl<'a> Engine<'a> {
         let mut inserts = Vec::new();
         let mut bases = Vec::new();
         let mut targets = HashSet::new();
-        for (key, row) in rows {
-            if linked.contains_key(&key) {
-                continue; // created or matched already, from a change captured meanwhile
-            }
-            if self.spec.filters[side.index()].as_ref().is_some_and(|f| !f.matches(&row)) {
-                continue;
-            }
-            let made =
-                self.canonical_owned(side, &key, row, shared).ok().and_then(|c| self.create_values(side, &key, c).ok());
+        let (keys, rows): (Vec<Key>, Vec<Row>) = rows
+            .into_iter()
+            // Not one created or matched already, from a change captured meanwhile.
+            .filter(|(key, row)| {
+                !linked.contains_key(key) && self.spec.filters[side.index()].as_ref().is_none_or(|f| f.matches(row))
+            })
+            .unzip();
+        for (key, made) in keys.into_iter().zip(creations(self.spec, side, shared, rows)) {
             match made {
-                Some((values, base, _))
-                    if self.conns[other.index()].key_of(&values).is_none_or(|t| targets.insert(t)) =>
-                {
+                Some((values, base)) if self.conns[other.index()].key_of(&values).is_none_or(|t| targets.insert(t)) => {
                     sources.push(key);
                     inserts.push(values);
                     bases.push(base);
@@ -1163,15 +1221,6 @@ impl<'a> Engine<'a> {
         self.canonical_with(side, key, |f| f.get(side, row))
     }
 
-    /// [`Engine::canonical`] of a record that is not needed after: values move instead of
-    /// being copied, unless two fields read one column of `side`.
-    fn canonical_owned(&self, side: Side, key: &Key, mut row: Row, shared: bool) -> Result<Row, Vec<Op>> {
-        if shared {
-            return self.canonical(side, key, &row);
-        }
-        self.canonical_with(side, key, |f| f.take(side, &mut row))
-    }
-
     /// Whether two fields read one column of `side`.
     fn shared_columns(&self, side: Side) -> bool {
         let cols: Vec<&Name> = self.spec.fields.iter().flat_map(|f| f.columns(side)).collect();
@@ -1182,28 +1231,12 @@ impl<'a> Engine<'a> {
         &self,
         side: Side,
         key: &Key,
-        mut get: impl FnMut(&FieldMap) -> Result<Value, MapError>,
+        get: impl FnMut(&FieldMap) -> Result<Value, MapError>,
     ) -> Result<Row, Vec<Op>> {
-        let mut out = Row::new();
-        for f in &self.spec.fields {
-            match get(f) {
-                Ok(v) => {
-                    out.insert(f.name.clone(), v);
-                }
-                Err(e) => {
-                    let msg = format!("cannot map from {}: {e}", self.spec.system(side));
-                    return Err(self.dead_letter(
-                        side,
-                        key,
-                        Some(f.name.to_string()),
-                        Some(e.value_type.to_string()),
-                        msg,
-                        (self.now)(),
-                    ));
-                }
-            }
-        }
-        Ok(out)
+        canonical_values(self.spec, get).map_err(|(field, e)| {
+            let msg = format!("cannot map from {}: {e}", self.spec.system(side));
+            self.dead_letter(side, key, Some(field.to_string()), Some(e.value_type.to_string()), msg, (self.now)())
+        })
     }
 
     fn plan_group(
@@ -1344,35 +1377,11 @@ impl<'a> Engine<'a> {
     /// column values, the base to link with, and whether the new record must be read back
     /// (a field that does not flow from `side`, or an empty one the target may fill with a
     /// default). Or the dead letter ops saying why it cannot be created.
-    fn create_values(&self, side: Side, key: &Key, mut canon: Row) -> Result<(Row, Row, bool), Vec<Op>> {
-        let other = side.other();
-        let mut values = self.spec.defaults[other.index()].clone();
-        let mut base = Row::new();
-        let mut revisit = false;
-        for f in &self.spec.fields {
-            if !f.flow.allows_from(side) {
-                revisit = true;
-                continue;
-            }
-            let v = canon.remove(&f.name).unwrap_or(Value::Null);
-            revisit |= v.is_null();
-            match f.put(other, &v, None) {
-                Ok(cols) => values.extend(cols),
-                Err(e) => {
-                    let msg = format!("cannot map to {}: {e}", self.spec.system(other));
-                    return Err(self.dead_letter(
-                        side,
-                        key,
-                        Some(f.name.to_string()),
-                        Some(e.value_type.to_string()),
-                        msg,
-                        (self.now)(),
-                    ));
-                }
-            }
-            base.insert(f.name.clone(), v);
-        }
-        Ok((values, base, revisit))
+    fn create_values(&self, side: Side, key: &Key, canon: Row) -> Result<(Row, Row, bool), Vec<Op>> {
+        creation(self.spec, side, canon).map_err(|(field, e)| {
+            let msg = format!("cannot map to {}: {e}", self.spec.system(side.other()));
+            self.dead_letter(side, key, Some(field.to_string()), Some(e.value_type.to_string()), msg, (self.now)())
+        })
     }
 
     /// Open conflicts of one record, from the per-batch map.
@@ -1773,4 +1782,56 @@ pub fn retry_dead_letters(store: &mut dyn StateStore, sync: Option<&str>, ids: &
     let n = ops.len() / 2;
     store.commit(ops)?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::Transform;
+    use crate::rules::{ConflictRule, EntitySpec};
+
+    fn field(name: &str, left: &str, right: &str, transform: Transform) -> FieldMap {
+        FieldMap { name: name.into(), left: vec![left.into()], right: vec![right.into()], transform, flow: Flow::Both }
+    }
+
+    /// A big bulk page is mapped on two threads: the outcome is the one of mapping each row on
+    /// its own, in the page's order, unmappable rows included.
+    #[test]
+    fn a_big_page_maps_as_row_by_row_in_order() {
+        let codes = vec![
+            (Value::Text("a".into()), Value::Text("A".into())),
+            (Value::Text("b".into()), Value::Text("B".into())),
+        ];
+        let spec = SyncSpec::new(
+            "t",
+            [
+                EntitySpec { system: "l".into(), table: "l".into(), key: vec!["id".into()] },
+                EntitySpec { system: "r".into(), table: "r".into(), key: vec!["no".into()] },
+            ],
+            vec![field("id", "id", "no", Transform::Rename), field("code", "code", "kind", Transform::ValueMap(codes))],
+            ConflictRule::Latest,
+        );
+        let rows: Vec<Row> = (0..2501)
+            .map(|i| {
+                let code = if i % 7 == 3 {
+                    "zzz"
+                } else if i % 2 == 0 {
+                    "a"
+                } else {
+                    "b"
+                };
+                [("id".into(), Value::Int(i)), ("code".into(), Value::Text(code.into()))].into_iter().collect()
+            })
+            .collect();
+        let one_by_one: Vec<_> =
+            rows.iter().map(|r| creations(&spec, Side::Left, false, vec![r.clone()]).remove(0)).collect();
+        let page = creations(&spec, Side::Left, false, rows);
+        assert_eq!(page.len(), 2501);
+        assert_eq!(page, one_by_one);
+        assert!(page[3].is_none() && page[2500].is_some());
+        let (values, base) = page[2500].as_ref().unwrap();
+        assert_eq!(values.get("no"), Some(&Value::Int(2500)));
+        assert_eq!(values.get("kind"), Some(&Value::Text("A".into())));
+        assert_eq!(base.get("code"), Some(&Value::Text("a".into())));
+    }
 }
