@@ -112,6 +112,8 @@ pub struct MyColumn {
     pub on_update: bool,
     /// Position in the primary key (1-based), 0 when not part of it.
     pub pk: i64,
+    /// `CHARACTER_SET_NAME` of a character column (text, ENUM, SET, JSON).
+    pub charset: Option<String>,
     kind: Kind,
 }
 
@@ -169,22 +171,24 @@ fn runtime() -> Result<tokio::runtime::Runtime, ConnectorError> {
         .map_err(|e| ConnectorError::new(ErrorKind::Internal, format!("starting the I/O runtime: {e}")))
 }
 
-/// name, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, position in the primary key.
-type ColumnRow = (String, String, String, String, Option<String>, String, Option<i64>);
+/// name, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, position in the primary key,
+/// CHARACTER_SET_NAME.
+type ColumnRow = (String, String, String, String, Option<String>, String, Option<i64>, Option<String>);
 
 async fn columns(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<MyColumn>, mysql_async::Error> {
     let rows: Vec<ColumnRow> = conn
         .exec(
             "SELECT c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE, c.COLUMN_DEFAULT, c.EXTRA,
                (SELECT k.ORDINAL_POSITION FROM information_schema.KEY_COLUMN_USAGE k WHERE k.TABLE_SCHEMA = c.TABLE_SCHEMA
-                  AND k.TABLE_NAME = c.TABLE_NAME AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY')
+                  AND k.TABLE_NAME = c.TABLE_NAME AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY'),
+               c.CHARACTER_SET_NAME
              FROM information_schema.COLUMNS c WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION",
             (db, table),
         )
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, data_type, column_type, nullable, default, extra, pk)| {
+        .map(|(name, data_type, column_type, nullable, default, extra, pk, charset)| {
             let auto_increment = extra.contains("auto_increment");
             let on_update = extra.to_ascii_lowercase().contains("on update");
             MyColumn {
@@ -197,6 +201,8 @@ async fn columns(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<MyColumn>
                 auto_increment,
                 on_update,
                 pk: pk.unwrap_or(0),
+                // A name from the server, spliced into guards (see `MyTable::unchanged`).
+                charset: charset.filter(|c| c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')),
             }
         })
         .collect())
@@ -693,6 +699,17 @@ impl MyTable {
         Ok(row.unwrap_or(0) > 0)
     }
 
+    /// The condition that column `c` (as `column`, an SQL expression) still holds `value` (an SQL
+    /// expression): NULL-safe, and for character columns byte for byte in the column's character
+    /// set, as the engine read it. The column's collation would call an edit that only changes
+    /// case, accents or trailing spaces no change at all, and Tandem's write would undo it.
+    fn unchanged(&self, c: &str, column: &str, value: &str) -> String {
+        match self.column(c).and_then(|x| x.charset.as_deref()) {
+            Some(cs) => format!("CAST({column} AS BINARY) <=> CAST(CONVERT({value} USING {cs}) AS BINARY)"),
+            None => format!("{column} <=> {value}"),
+        }
+    }
+
     /// The columns an update sets and the ones it checks (single-precision floats do not compare
     /// exactly with their text, so they are not checked): updates of one shape can share a
     /// statement.
@@ -738,8 +755,11 @@ impl MyTable {
             sets.join(", ")
         );
         if !checked.is_empty() {
-            let wh: Vec<String> =
-                checked.iter().enumerate().map(|(i, c)| format!("t.{} <=> u.x{i}", ident(c))).collect();
+            let wh: Vec<String> = checked
+                .iter()
+                .enumerate()
+                .map(|(i, c)| self.unchanged(c, &format!("t.{}", ident(c)), &format!("u.x{i}")))
+                .collect();
             sql.push_str(&format!(" WHERE {}", wh.join(" AND ")));
         }
         Some(sql)
@@ -758,7 +778,7 @@ impl MyTable {
             if self.column(c).is_some_and(|x| x.kind == Kind::Float { single: true }) {
                 continue;
             }
-            wh.push(format!("{} <=> {}", ident(c), self.lit(c, v).unwrap_or_else(|_| "NULL".into())));
+            wh.push(self.unchanged(c, &ident(c), &self.lit(c, v).unwrap_or_else(|_| "NULL".into())));
         }
         Ok(format!("UPDATE {} SET {} WHERE {}", self.qualified(), sets.join(", "), wh.join(" AND ")))
     }
@@ -1636,6 +1656,81 @@ mod tests {
         let read = t.read(&[Key::from_values(&[Value::Int(4)]), Key::from_values(&[Value::Int(7)])]).unwrap();
         assert_eq!(read[0].as_ref().and_then(|r| r.get("v")), Some(&text(tricky)));
         assert_eq!(read[1].as_ref().and_then(|r| r.get("v")), Some(&text("\\N")));
+    }
+
+    /// An update is guarded by the values the engine read, compared byte for byte: a user's
+    /// edit that only changes case, accents or trailing spaces (equal under the column's
+    /// case-insensitive collation) still makes it stale, alone and in a joined statement. JSON,
+    /// ENUM and unsigned columns go through a joined statement exactly.
+    #[test]
+    fn an_update_guard_sees_an_edit_the_collation_calls_equal() {
+        let mut db = TestDb::new("guard");
+        db.run(
+            "CREATE TABLE {db}.t (id INT PRIMARY KEY, v VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci,
+             l VARCHAR(20) CHARACTER SET latin1, j JSON, e ENUM('red','green'), u BIGINT UNSIGNED)",
+        );
+        db.run("INSERT INTO {db}.t VALUES (1, 'ABC', 'café', NULL, 'red', 1), (2, 'abc', 'cafe ', NULL, 'red', 2), (3, 'é', 'x', NULL, 'red', 3), (4, 'd', 'y', NULL, 'red', 4)");
+        let mut t = MyTable::open(&db.url(), "t", &["id".to_string()], "s", "right").unwrap();
+        t.install().unwrap();
+        let text = |s: &str| Value::Text(s.into());
+        let update = |id: i64, values: Vec<(&str, Value)>, expect: Vec<(&str, Value)>| Write::Update {
+            key: Key::from_values(&[Value::Int(id)]),
+            values: values.into_iter().map(|(c, v)| (c.into(), v)).collect(),
+            expect: expect.into_iter().map(|(c, v)| (c.into(), v)).collect(),
+        };
+        let stale = |r: &WriteResult| r.as_ref().is_err_and(|e| e.stale);
+        // Alone: the engine read 'abc', a user wrote 'ABC' since.
+        let out = t.apply(&[update(1, vec![("v", text("new"))], vec![("v", text("abc"))])]).unwrap();
+        assert!(stale(&out[0]), "{out:?}");
+        // Joined: one of each pair changed since it was read, by case, accent or trailing space.
+        let out = t
+            .apply(&[
+                update(2, vec![("v", text("n2")), ("l", text("n2"))], vec![("v", text("abc")), ("l", text("cafe"))]),
+                update(3, vec![("v", text("n3")), ("l", text("n3"))], vec![("v", text("e")), ("l", text("x"))]),
+                update(4, vec![("v", text("n4")), ("l", text("n4"))], vec![("v", text("d")), ("l", text("y"))]),
+            ])
+            .unwrap();
+        assert!(stale(&out[0]) && stale(&out[1]) && out[2].is_ok(), "{out:?}");
+        assert_eq!(
+            db.rows("SELECT id, v, l FROM {db}.t ORDER BY id"),
+            ["1|ABC|café", "2|abc|cafe ", "3|é|x", "4|n4|n4"]
+        );
+        // JSON, ENUM and unsigned values, set and then checked, by one joined statement.
+        let big = Value::Int(i64::MAX);
+        let json = text(r#"{"a": [1, "é"]}"#);
+        let row = |v: Vec<(&str, Value)>| -> Row { v.into_iter().map(|(c, v)| (c.into(), v)).collect() };
+        let (k1, k2) = (Key::from_values(&[Value::Int(1)]), Key::from_values(&[Value::Int(2)]));
+        let set1 = row(vec![("j", json.clone()), ("e", text("green")), ("u", big.clone())]);
+        let was1 = row(vec![("j", Value::Null), ("e", text("red")), ("u", Value::Int(1))]);
+        let set2 = row(vec![("j", text("[]")), ("e", text("green")), ("u", Value::Int(0))]);
+        let was2 = row(vec![("j", Value::Null), ("e", text("red")), ("u", Value::Int(2))]);
+        let sql =
+            t.update_join_sql(&t.update_shape(&set1, &was1), &[(&k1, &set1, &was1), (&k2, &set2, &was2)]).unwrap();
+        db.run(&format!("USE {{db}}; {sql}"));
+        assert_eq!(db.rows("SELECT ROW_COUNT()"), ["2"], "{sql}");
+        assert_eq!(
+            db.rows("SELECT id, j, e, u FROM {db}.t WHERE id <= 2 ORDER BY id"),
+            [r#"1|{"a": [1, "é"]}|green|9223372036854775807"#, "2|[]|green|0"]
+        );
+        // The same statement again: nothing holds what it expects any more.
+        db.run(&format!("USE {{db}}; {sql}"));
+        assert_eq!(db.rows("SELECT ROW_COUNT()"), ["0"]);
+        let out = t
+            .apply(&[
+                update(
+                    1,
+                    vec![("j", text("{}")), ("e", text("red")), ("u", Value::Int(5))],
+                    vec![("j", json), ("e", text("green")), ("u", big)],
+                ),
+                update(
+                    2,
+                    vec![("j", text("{}")), ("e", text("red")), ("u", Value::Int(6))],
+                    vec![("j", text("[]")), ("e", text("green")), ("u", Value::Int(0))],
+                ),
+            ])
+            .unwrap();
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(db.rows("SELECT id, j, e, u FROM {db}.t WHERE id <= 2 ORDER BY id"), ["1|{}|red|5", "2|{}|red|6"]);
     }
 
     /// Updates of one shape go in one joined statement with their exact values; one whose
