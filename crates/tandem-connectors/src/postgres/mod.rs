@@ -483,9 +483,17 @@ impl PgTable {
 
     /// The condition that column `c` still holds the value whose text is `text_expr` (json and
     /// xml have no equality operator: their text is compared, which is what Tandem read).
+    /// Strings compare exactly: citext, or a case-insensitive (nondeterministic) collation,
+    /// would call an edit that only changes case no change, and Tandem's write would undo it.
     fn unchanged(&self, c: &str, text_expr: &str) -> String {
         match self.cast(c).as_str() {
             "pg_catalog.json" | "pg_catalog.xml" => format!("t.{}::text IS NOT DISTINCT FROM {text_expr}", ident(c)),
+            "pg_catalog.text" | "pg_catalog.varchar" => {
+                format!("t.{}::text COLLATE \"C\" IS NOT DISTINCT FROM {text_expr} COLLATE \"C\"", ident(c))
+            }
+            cast if cast.ends_with(".citext") => {
+                format!("t.{}::text COLLATE \"C\" IS NOT DISTINCT FROM {text_expr} COLLATE \"C\"", ident(c))
+            }
             cast => format!("t.{} IS NOT DISTINCT FROM {text_expr}::{cast}", ident(c)),
         }
     }
@@ -1527,33 +1535,46 @@ impl Connector for PgTable {
 mod tests {
     use super::*;
 
-    /// Against the machine's PostgreSQL (scripts/pg-setup), in a database of its own.
+    /// Drops a test's database (with Tandem's slots and origins in it) however the test ends.
+    struct Cleanup(PgUrl, String);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let (url, db) = (self.0.clone(), self.1.clone());
+            if let Ok(rt) = runtime() {
+                let _ = rt.block_on(async move {
+                    let c = connect(&url).await?;
+                    // One statement a call: DROP DATABASE refuses the implicit transaction of many.
+                    for sql in [
+                        format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}'"),
+                        format!("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE 'tandem_{db}_%'"),
+                        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                    ] {
+                        c.batch_execute(&sql).await.map_err(|e| pg_err("dropping", e))?;
+                    }
+                    Ok::<_, ConnectorError>(())
+                });
+            }
+        }
+    }
+
+    /// A database of its own on the machine's PostgreSQL (scripts/pg-setup): its URL, and what
+    /// drops it.
+    fn fresh_db(rt: &tokio::runtime::Runtime, tag: &str) -> (PgUrl, Cleanup) {
+        let db = format!("tandem_t_{tag}_{}", std::process::id());
+        let admin_url = PgUrl::parse("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable").unwrap();
+        let admin = rt.block_on(connect(&admin_url)).unwrap();
+        rt.block_on(admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).unwrap();
+        rt.block_on(admin.batch_execute(&format!("CREATE DATABASE {db}"))).unwrap();
+        let url = PgUrl::parse(&format!("postgres://postgres@127.0.0.1:5432/{db}?sslmode=disable")).unwrap();
+        (url, Cleanup(admin_url, db))
+    }
+
     #[test]
     fn an_initial_load_reads_one_snapshot() {
         let rt = runtime().unwrap();
-        let db = format!("tandem_t_snapshot_{}", std::process::id());
-        let admin_url = PgUrl::parse("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable").unwrap();
-        let admin = rt.block_on(connect(&admin_url)).unwrap();
         let run = |c: &tokio_postgres::Client, sql: String| rt.block_on(c.batch_execute(&sql)).unwrap();
-        run(&admin, format!("CREATE DATABASE {db}"));
-        /// Drops the test's database however the test ends.
-        struct Cleanup(PgUrl, String);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                let (url, db) = (self.0.clone(), self.1.clone());
-                if let Ok(rt) = runtime() {
-                    let _ = rt.block_on(async move {
-                        connect(&url)
-                            .await?
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                            .await
-                            .map_err(|e| pg_err("dropping", e))
-                    });
-                }
-            }
-        }
-        let _cleanup = Cleanup(admin_url.clone(), db.clone());
-        let url = PgUrl::parse(&format!("postgres://postgres@127.0.0.1:5432/{db}?sslmode=disable")).unwrap();
+        let (url, _cleanup) = fresh_db(&rt, "snapshot");
         let other = rt.block_on(connect(&url)).unwrap();
         run(&other, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'original' FROM generate_series(1, 10) g".into());
         let mut t = PgTable::open(&url, "t", &["id".to_string()], "s", "left").unwrap();
@@ -1566,6 +1587,53 @@ mod tests {
         let third = t.scan(second.last().map(|(k, _)| k), 5).unwrap();
         assert!(third.is_empty(), "a row inserted after the snapshot was read: {third:?}");
         assert_eq!(t.scan(None, 20).unwrap().len(), 11, "a new load sees the present");
+        drop((t, other));
+    }
+
+    /// An update is guarded by the values the engine read, compared exactly: a user's edit that
+    /// only changes case passes neither a citext column nor one with a case-insensitive
+    /// (nondeterministic) collation.
+    #[test]
+    fn an_update_guard_sees_an_edit_the_collation_calls_equal() {
+        let rt = runtime().unwrap();
+        let (url, _cleanup) = fresh_db(&rt, "guard");
+        let other = rt.block_on(connect(&url)).unwrap();
+        rt.block_on(other.batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS citext;
+             CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE t (id int PRIMARY KEY, e citext, v text COLLATE ci, w varchar(10));
+             INSERT INTO t VALUES (1, 'ANN@X.IO', 'x', 'x'), (2, 'bo@x.io', 'ABC', 'y'), (3, 'cy@x.io', 'z', 'z'),
+               (4, 'di@x.io', 'q', 'q')",
+        ))
+        .unwrap();
+        let mut t = PgTable::open(&url, "t", &["id".to_string()], "s", "left").unwrap();
+        let text = |s: &str| Value::Text(s.into());
+        let update = |id: i64, c: &str, new: &str, was: &str| Write::Update {
+            key: Key::from_values(&[Value::Int(id)]),
+            values: [(c.into(), text(new))].into_iter().collect(),
+            expect: [(c.into(), text(was))].into_iter().collect(),
+        };
+        let stale = |r: &WriteResult| r.as_ref().is_err_and(|e| e.stale);
+        // The engine read the lower-case values; users changed their case since.
+        let out = t.apply(&[update(1, "e", "new@x.io", "ann@x.io")]).unwrap();
+        assert!(stale(&out[0]), "{out:?}");
+        // Two of one shape (one statement for both), and two alone.
+        let out = t
+            .apply(&[
+                update(1, "e", "new@x.io", "ann@x.io"),
+                update(4, "e", "dee@x.io", "di@x.io"),
+                update(2, "v", "new", "abc"),
+                update(3, "w", "new", "z"),
+            ])
+            .unwrap();
+        assert!(stale(&out[0]) && out[1].is_ok() && stale(&out[2]) && out[3].is_ok(), "{out:?}");
+        let rows: Vec<String> = rt
+            .block_on(other.query("SELECT id || '|' || e || '|' || v || '|' || w FROM t ORDER BY id", &[]))
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(rows, ["1|ANN@X.IO|x|x", "2|bo@x.io|ABC|y", "3|cy@x.io|z|new", "4|dee@x.io|q|q"]);
         drop((t, other));
     }
 }
