@@ -494,6 +494,13 @@ impl PgTable {
             cast if cast.ends_with(".citext") => {
                 format!("t.{}::text COLLATE \"C\" IS NOT DISTINCT FROM {text_expr} COLLATE \"C\"", ident(c))
             }
+            // char(n) compares without its padding, as it should; only the collation goes.
+            "pg_catalog.bpchar" => {
+                format!(
+                    "t.{} COLLATE \"C\" IS NOT DISTINCT FROM {text_expr}::pg_catalog.bpchar COLLATE \"C\"",
+                    ident(c)
+                )
+            }
             cast => format!("t.{} IS NOT DISTINCT FROM {text_expr}::{cast}", ident(c)),
         }
     }
@@ -1601,9 +1608,9 @@ mod tests {
         rt.block_on(other.batch_execute(
             "CREATE EXTENSION IF NOT EXISTS citext;
              CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
-             CREATE TABLE t (id int PRIMARY KEY, e citext, v text COLLATE ci, w varchar(10));
-             INSERT INTO t VALUES (1, 'ANN@X.IO', 'x', 'x'), (2, 'bo@x.io', 'ABC', 'y'), (3, 'cy@x.io', 'z', 'z'),
-               (4, 'di@x.io', 'q', 'q')",
+             CREATE TABLE t (id int PRIMARY KEY, e citext, v text COLLATE ci, w varchar(10), f char(4) COLLATE ci);
+             INSERT INTO t VALUES (1, 'ANN@X.IO', 'x', 'x', 'a'), (2, 'bo@x.io', 'ABC', 'y', 'b'), (3, 'cy@x.io', 'z', 'z', 'c'),
+               (4, 'di@x.io', 'q', 'q', 'DE'), (5, 'e@x.io', 'e', 'e', 'ab')",
         ))
         .unwrap();
         let mut t = PgTable::open(&url, "t", &["id".to_string()], "s", "left").unwrap();
@@ -1627,13 +1634,19 @@ mod tests {
             ])
             .unwrap();
         assert!(stale(&out[0]) && out[1].is_ok() && stale(&out[2]) && out[3].is_ok(), "{out:?}");
+        // char(n): a case-only edit is one; padding is not (the engine reads the padded text).
+        let out = t.apply(&[update(4, "f", "x", "de"), update(5, "f", "y", "ab  ")]).unwrap();
+        assert!(stale(&out[0]) && out[1].is_ok(), "{out:?}");
         let rows: Vec<String> = rt
-            .block_on(other.query("SELECT id || '|' || e || '|' || v || '|' || w FROM t ORDER BY id", &[]))
+            .block_on(other.query("SELECT id || '|' || e || '|' || v || '|' || w || '|' || f FROM t ORDER BY id", &[]))
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(rows, ["1|ANN@X.IO|x|x", "2|bo@x.io|ABC|y", "3|cy@x.io|z|new", "4|dee@x.io|q|q"]);
+        assert_eq!(
+            rows,
+            ["1|ANN@X.IO|x|x|a", "2|bo@x.io|ABC|y|b", "3|cy@x.io|z|new|c", "4|dee@x.io|q|q|DE", "5|e@x.io|e|e|y"]
+        );
         drop((t, other));
     }
 }
