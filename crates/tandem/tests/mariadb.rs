@@ -496,3 +496,62 @@ fn datetime_means_the_configured_zone_and_timestamp_is_utc_both_ways() {
     let t = text(&tandem(&["check", "-c", &c]));
     assert!(t.contains("Mars/Olympus") && t.contains("tandem.toml:"), "{t}");
 }
+
+/// MariaDB prints a FLOAT with six significant digits: read that way, 123456.789 would reach
+/// PostgreSQL as 123457. Single-precision values keep their exact value both ways, an idle run
+/// writes nothing back (no echo of a rounding), and an edit of one is guarded like any other.
+#[test]
+fn single_precision_floats_keep_their_value_both_ways() {
+    let (a, b) = (PgDb::new("my_float_a"), MyDb::new("float_b"));
+    a.sql("CREATE TABLE items (id bigint PRIMARY KEY, r real, d double precision)");
+    b.sql("CREATE TABLE items (id BIGINT PRIMARY KEY, r FLOAT, d DOUBLE)");
+    b.sql("INSERT INTO items VALUES (1, 123456.789, 123456.789), (2, 0.1, 0.1), (3, 16777217, -2.5e-300), (4, NULL, NULL)");
+    a.sql("INSERT INTO items VALUES (10, 3.4028235e38, 0.1), (11, 1.1754944e-38, 1e300), (12, 1.2345678, 7)");
+    let dir = TempDir::new("myfloat");
+    let fields: String =
+        ["id", "r", "d"].iter().map(|c| format!("[[sync.fields]]\nleft = \"{c}\"\nright = \"{c}\"\n")).collect();
+    let cfg = format!(
+        "state = \"state.db\"\n{}{}[[sync]]\nname = \"items\"\nleft = {{ system = \"a\", table = \"items\" }}\nright = {{ system = \"b\", table = \"items\" }}\n{fields}",
+        pg_system(&a),
+        my_system(&b)
+    );
+    let c = dir.path("tandem.toml");
+    std::fs::write(&c, cfg).unwrap();
+    let c = c.to_str().unwrap();
+    let out = run_once(c);
+    assert!(out.contains("a → b: 3 created") && out.contains("b → a: 4 created"), "{out}");
+    // Each side's exact values, the single-precision ones as the float they hold.
+    let values = |rows: String| -> Vec<(i64, Option<f32>, Option<f64>)> {
+        rows.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(['|', '\t']).collect();
+                (f[0].parse().unwrap(), f[1].parse::<f64>().ok().map(|x| x as f32), f[2].parse().ok())
+            })
+            .collect()
+    };
+    let pg = || {
+        values(a.sql("SELECT id, coalesce(r::float8::text, 'NULL'), coalesce(d::text, 'NULL') FROM items ORDER BY id"))
+    };
+    let my = || values(b.sql("SELECT id, IFNULL(CAST(r AS DOUBLE), 'NULL'), IFNULL(d, 'NULL') FROM items ORDER BY id"));
+    assert_eq!(pg(), my());
+    assert_eq!(pg()[0], (1, Some(123456.79_f32), Some(123456.789)));
+    assert_eq!(a.sql("SELECT r::text FROM items WHERE id = 1"), "123456.79");
+    assert_eq!(b.sql("SELECT r = CAST(1.2345678 AS FLOAT) FROM items WHERE id = 12"), "1");
+    // Nothing travels back: both sides already hold the same floats.
+    let out = run_once(c);
+    assert!(out.contains("a → b: 0 created, 0 updated") && out.contains("b → a: 0 created, 0 updated"), "{out}");
+    let audit = text(&tandem(&["audit", "-c", c]));
+    assert!(audit.contains("] create (") && !audit.contains("] apply ("), "a float travelled back: {audit}");
+    // An edit in MariaDB reaches PostgreSQL exactly.
+    b.sql("UPDATE items SET r = 98765.4321 WHERE id = 2");
+    let out = run_once(c);
+    assert!(out.contains("b → a: 0 created, 1 updated"), "{out}");
+    assert_eq!(pg(), my());
+    assert_eq!(a.sql("SELECT r::text FROM items WHERE id = 2"), "98765.43");
+    assert!(text(&tandem(&["audit", "-c", c])).contains("] apply ("));
+    // Edits in PostgreSQL pass MariaDB's guard, which now checks FLOAT values too (exactly).
+    a.sql("UPDATE items SET r = 2.5 WHERE id IN (1, 10, 12)");
+    let out = run_once(c);
+    assert!(out.contains("a → b: 0 created, 3 updated") && out.contains("0 dead letters"), "{out}");
+    assert_eq!(pg(), my());
+}

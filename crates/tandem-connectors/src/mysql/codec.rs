@@ -43,6 +43,12 @@ impl Kind {
     }
 }
 
+/// A single-precision value as the shortest number that reads back as it (123456.79, not
+/// 123456.7890625), as PostgreSQL prints a `real`: the same float reads the same on both.
+fn single(f: f32) -> f64 {
+    f.to_string().parse().unwrap_or(f64::from(f))
+}
+
 /// Reads one value of the text protocol.
 pub(crate) fn decode(kind: Kind, v: &mysql_async::Value) -> Value {
     use mysql_async::Value as M;
@@ -51,7 +57,7 @@ pub(crate) fn decode(kind: Kind, v: &mysql_async::Value) -> Value {
         M::Bytes(b) => b,
         M::Int(i) => return int(kind, *i),
         M::UInt(u) => return i64::try_from(*u).map(Value::Int).unwrap_or_else(|_| Value::Text(u.to_string())),
-        M::Float(f) => return Value::Float(f64::from(*f)),
+        M::Float(f) => return Value::Float(single(*f)),
         M::Double(f) => return Value::Float(*f),
         other => return Value::Text(other.as_sql(true).trim_matches('\'').to_string()),
     };
@@ -66,6 +72,9 @@ pub(crate) fn decode(kind: Kind, v: &mysql_async::Value) -> Value {
             _ => t.parse().map(Value::Int).unwrap_or_else(|_| Value::Text(t.to_string())),
         },
         Kind::Int { .. } => t.parse().map(Value::Int).unwrap_or_else(|_| Value::Text(t.to_string())),
+        Kind::Float { single: true } => {
+            t.parse::<f64>().map(|x| Value::Float(single(x as f32))).unwrap_or_else(|_| Value::Text(t.to_string()))
+        }
         Kind::Float { .. } => t.parse().map(Value::Float).unwrap_or_else(|_| Value::Text(t.to_string())),
         Kind::Temporal => Value::Text(trim_fraction(t).to_string()),
         Kind::Bytes | Kind::Text => Value::Text(t.to_string()),

@@ -424,8 +424,14 @@ impl MyTable {
         })
     }
 
+    /// The columns a read selects. A FLOAT is read through DOUBLE: its own text has six
+    /// significant digits (123456.789 reads 123457), the DOUBLE holds its exact value.
     fn select_list(&self) -> String {
-        self.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>().join(", ")
+        let col = |c: &MyColumn| match c.kind {
+            Kind::Float { single: true } => format!("CAST({} AS DOUBLE)", ident(&c.name)),
+            _ => ident(&c.name),
+        };
+        self.columns.iter().map(col).collect::<Vec<_>>().join(", ")
     }
 
     fn row_from(&self, r: &mysql_async::Row) -> (Key, Row) {
@@ -461,6 +467,15 @@ impl MyTable {
     /// What the column stores for `v` where that is not `v` itself: an instant in a DATETIME
     /// or TIMESTAMP column is written as its wall time (in the configured zone, or UTC).
     fn stored(&self, col: &str, v: &Value) -> Result<Option<Value>, String> {
+        // A FLOAT stores the single-precision value nearest to a number: written as that value
+        // exactly, the largest one (3.4028235e38, as PostgreSQL prints it) is not out of range.
+        if let (Some(Kind::Float { single: true }), Value::Float(x)) = (self.column(col).map(|c| c.kind), v) {
+            let f = *x as f32;
+            if x.is_finite() && !f.is_finite() {
+                return Err(format!("column {}.{col}: the value {x} is out of FLOAT's range", self.table));
+            }
+            return Ok(Some(Value::Float(f64::from(f))));
+        }
         if let (Some(c), Value::Text(t)) = (self.column(col), v) {
             if c.data_type == "timestamp" || c.data_type == "datetime" {
                 let wall = zone::write_instant(t, c.data_type == "timestamp", self.url.datetime_zone.as_ref())
@@ -710,16 +725,10 @@ impl MyTable {
         }
     }
 
-    /// The columns an update sets and the ones it checks (single-precision floats do not compare
-    /// exactly with their text, so they are not checked): updates of one shape can share a
+    /// The columns an update sets and the ones it checks: updates of one shape can share a
     /// statement.
     fn update_shape(&self, values: &Row, expect: &Row) -> Shape {
-        let checked = expect
-            .keys()
-            .filter(|c| !self.column(c).is_some_and(|x| x.kind == Kind::Float { single: true }))
-            .cloned()
-            .collect();
-        (values.keys().cloned().collect(), checked)
+        (values.keys().cloned().collect(), expect.keys().cloned().collect())
     }
 
     /// One UPDATE of many records of one shape (see [`MyTable::update_shape`]), joined to a
@@ -774,10 +783,6 @@ impl MyTable {
         sets.extend(self.pinned.iter().filter(|c| !values.contains_key(*c)).map(|c| format!("{0} = {0}", ident(c))));
         let mut wh = vec![self.key_match(key)?];
         for (c, v) in expect {
-            // Single-precision floats do not compare exactly with their text.
-            if self.column(c).is_some_and(|x| x.kind == Kind::Float { single: true }) {
-                continue;
-            }
             wh.push(self.unchanged(c, &ident(c), &self.lit(c, v).unwrap_or_else(|_| "NULL".into())));
         }
         Ok(format!("UPDATE {} SET {} WHERE {}", self.qualified(), sets.join(", "), wh.join(" AND ")))
