@@ -310,6 +310,14 @@ pub fn check(path: &Path) -> Result<(), CliError> {
             }
         }
     }
+    // Advice: nothing fails without it, but something is slower than it needs to be.
+    for (name, system) in &cfg.systems {
+        if let crate::config::System::Mysql { url } = system {
+            for note in tandem_connectors::mysql::advice(url).unwrap_or_default() {
+                println!("  note: system `{name}`: {note}");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -555,3 +555,33 @@ fn single_precision_floats_keep_their_value_both_ways() {
     assert!(out.contains("a → b: 0 created, 3 updated") && out.contains("0 dead letters"), "{out}");
     assert_eq!(pg(), my());
 }
+
+/// `tandem check` advises on what works but slower than it needs to: with `local_infile` off,
+/// a first sync into an empty table goes by INSERT instead of LOAD DATA LOCAL INFILE.
+#[test]
+fn check_advises_turning_local_infile_on() {
+    // It changes a server setting: no other test uses the server meanwhile.
+    let b = MyDb::alone("infile_b");
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            mysql("", &format!("SET GLOBAL local_infile = {}", self.0));
+        }
+    }
+    let _restore = Restore(mysql("", "SELECT @@global.local_infile"));
+    let dir = TempDir::new("myinfile");
+    let c = sqlite_my_config(&dir, &b);
+    let advice = |on: u8| {
+        mysql("", &format!("SET GLOBAL local_infile = {on}"));
+        let out = tandem(&["check", "-c", &c]);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let off = advice(0);
+    assert!(
+        off.contains("note: system `b`: local_infile is OFF") && off.contains("SET GLOBAL local_infile = ON"),
+        "{off}"
+    );
+    let on = advice(1);
+    assert!(!on.contains("local_infile"), "{on}");
+}

@@ -268,6 +268,28 @@ pub fn missing_requirements(url: &MyUrl) -> Result<Vec<(String, String)>, Connec
     })
 }
 
+/// What the server could do better for Tandem without anything failing (advice for `tandem
+/// check`); empty when nothing.
+pub fn advice(url: &MyUrl) -> Result<Vec<String>, ConnectorError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let fail = |e| my_err(format_args!("checking {}", url.label()), e);
+        let mut conn = Conn::new(url.opts.clone()).await.map_err(fail)?;
+        let mut notes = Vec::new();
+        let local_infile: Option<i64> = conn.query_first("SELECT @@global.local_infile").await.map_err(fail)?;
+        if local_infile == Some(0) {
+            notes.push(
+                "local_infile is OFF: a first sync into an empty table copies it with multi-row INSERTs instead of \
+                 LOAD DATA LOCAL INFILE, several times slower; SET GLOBAL local_infile = ON (and local_infile = ON \
+                 in the server's config) to let it"
+                    .to_string(),
+            );
+        }
+        let _ = conn.disconnect().await;
+        Ok(notes)
+    })
+}
+
 /// One table of one MariaDB/MySQL database.
 pub struct MyTable {
     rt: tokio::runtime::Runtime,
