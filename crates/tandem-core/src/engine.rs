@@ -321,7 +321,7 @@ fn creation(spec: &SyncSpec, side: Side, mut canon: Row) -> Result<(Row, Row, bo
 /// cannot be mapped (it goes the one-by-one way, which records why). Values move out of the
 /// rows, unless `shared` (two fields read one column of `side`). A big page is split over two
 /// threads: the work is pure, and the engine thread is a bulk load's bottleneck.
-fn creations(spec: &SyncSpec, side: Side, shared: bool, rows: Vec<Row>) -> Vec<Option<(Row, Row)>> {
+fn creations(spec: &SyncSpec, side: Side, shared: bool, mut rows: Vec<Row>) -> Vec<Option<(Row, Row)>> {
     let one = |mut row: Row| {
         let canon = if shared {
             canonical_values(spec, |f| f.get(side, &row))
@@ -333,7 +333,6 @@ fn creations(spec: &SyncSpec, side: Side, shared: bool, rows: Vec<Row>) -> Vec<O
     if rows.len() < 1000 {
         return rows.into_iter().map(one).collect();
     }
-    let mut rows = rows;
     let second = rows.split_off(rows.len() / 2);
     std::thread::scope(|s| {
         let other = s.spawn(|| second.into_iter().map(one).collect::<Vec<_>>());
@@ -1233,10 +1232,14 @@ impl<'a> Engine<'a> {
         key: &Key,
         get: impl FnMut(&FieldMap) -> Result<Value, MapError>,
     ) -> Result<Row, Vec<Op>> {
-        canonical_values(self.spec, get).map_err(|(field, e)| {
-            let msg = format!("cannot map from {}: {e}", self.spec.system(side));
-            self.dead_letter(side, key, Some(field.to_string()), Some(e.value_type.to_string()), msg, (self.now)())
-        })
+        canonical_values(self.spec, get).map_err(|e| self.unmappable(side, key, "from", side, e))
+    }
+
+    /// The dead letter of record `key` of `side` whose field cannot be mapped `dir` ("from" or
+    /// "to") `system`'s side.
+    fn unmappable(&self, side: Side, key: &Key, dir: &str, system: Side, (field, e): (Name, MapError)) -> Vec<Op> {
+        let msg = format!("cannot map {dir} {}: {e}", self.spec.system(system));
+        self.dead_letter(side, key, Some(field.to_string()), Some(e.value_type.to_string()), msg, (self.now)())
     }
 
     fn plan_group(
@@ -1378,10 +1381,7 @@ impl<'a> Engine<'a> {
     /// (a field that does not flow from `side`, or an empty one the target may fill with a
     /// default). Or the dead letter ops saying why it cannot be created.
     fn create_values(&self, side: Side, key: &Key, canon: Row) -> Result<(Row, Row, bool), Vec<Op>> {
-        creation(self.spec, side, canon).map_err(|(field, e)| {
-            let msg = format!("cannot map to {}: {e}", self.spec.system(side.other()));
-            self.dead_letter(side, key, Some(field.to_string()), Some(e.value_type.to_string()), msg, (self.now)())
-        })
+        creation(self.spec, side, canon).map_err(|e| self.unmappable(side, key, "to", side.other(), e))
     }
 
     /// Open conflicts of one record, from the per-batch map.

@@ -488,10 +488,7 @@ impl PgTable {
     fn unchanged(&self, c: &str, text_expr: &str) -> String {
         match self.cast(c).as_str() {
             "pg_catalog.json" | "pg_catalog.xml" => format!("t.{}::text IS NOT DISTINCT FROM {text_expr}", ident(c)),
-            "pg_catalog.text" | "pg_catalog.varchar" => {
-                format!("t.{}::text COLLATE \"C\" IS NOT DISTINCT FROM {text_expr} COLLATE \"C\"", ident(c))
-            }
-            cast if cast.ends_with(".citext") => {
+            cast if matches!(cast, "pg_catalog.text" | "pg_catalog.varchar") || cast.ends_with(".citext") => {
                 format!("t.{}::text COLLATE \"C\" IS NOT DISTINCT FROM {text_expr} COLLATE \"C\"", ident(c))
             }
             // char(n) compares without its padding, as it should; only the collation goes.
