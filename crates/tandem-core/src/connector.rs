@@ -133,6 +133,17 @@ pub enum CaptureState {
     Lost(String),
 }
 
+/// Where a bulk initial load into an entity stands (see [`Connector::bulk_target`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkTarget {
+    /// Bulk pages are about to be written into the entity, or go on after a restart.
+    Begin,
+    /// The last page is written.
+    End,
+    /// The engine has queued the records [`BulkTarget::End`] reported.
+    Forget,
+}
+
 /// One entity of one system, as the engine uses it.
 ///
 /// Delivery is at least once: the engine may repeat any write after a crash, so `apply` must be
@@ -210,6 +221,16 @@ pub trait Connector {
     /// (a bulk insert then reports the generated keys).
     fn key_of(&self, _values: &Row) -> Option<Key> {
         None
+    }
+    /// Tells the target of a bulk load where the load stands. From `Begin` to `End` the change
+    /// stream may leave inserts out (Tandem's own pages are most of them: a system that cannot
+    /// drop its own writes before sending them would otherwise send the whole load back). `End`
+    /// then returns the keys of the records the pages did not write, or that changed since (a
+    /// user's insert during the load among them), which the engine queues as changes; `Forget`
+    /// comes after that is durable. Each phase may be repeated after a crash. The default
+    /// leaves the stream as it is and reports nothing.
+    fn bulk_target(&mut self, _phase: BulkTarget) -> Result<Vec<Key>, ConnectorError> {
+        Ok(Vec::new())
     }
     /// Inserts all `rows` in one transaction, tagged as Tandem's own, together with the marker
     /// `batch` (reported by [`Connector::created`] and removed by

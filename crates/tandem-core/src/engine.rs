@@ -6,7 +6,7 @@
 //! replaying is harmless because applies are idempotent and the base comparison sees that a
 //! record already agrees.
 
-use crate::connector::{CaptureState, Connector, ConnectorError, RowError, Write, WriteResult};
+use crate::connector::{BulkTarget, CaptureState, Connector, ConnectorError, RowError, Write, WriteResult};
 use crate::mapping::{FieldMap, Flow, MapError, Side};
 use crate::merge::{merge, Decision};
 use crate::rules::{DeleteRule, OnPositionLost, SyncSpec};
@@ -451,8 +451,50 @@ impl<'a> Engine<'a> {
         }
         self.choose_bulk()?;
         self.recover()?;
+        self.settle_bulk_targets(true)?;
         self.sweep()?;
         Ok(report)
+    }
+
+    /// Keeps the target of a bulk load told where the load stands (see
+    /// [`Connector::bulk_target`]): `Begin` while it runs (at start, so again after a restart,
+    /// with `starting`), and once it is done, `End`, whose records are queued as changes of the target in the commit that
+    /// closes the load's phase there, then `Forget`. Meta `bulk_target:<side>` is set with
+    /// `bulk:<other side>` and cleared by that commit, so a crash anywhere repeats a phase.
+    fn settle_bulk_targets(&mut self, starting: bool) -> Result<(), EngineError> {
+        for target in [Side::Left, Side::Right] {
+            let name = format!("bulk_target:{target}");
+            if self.store.meta(&self.spec.name, &name)?.is_none() {
+                continue;
+            }
+            let conn_err = self.conn_err(target);
+            let conn = &mut self.conns[target.index()];
+            if self.store.meta(&self.spec.name, &format!("bulk:{}", target.other()))?.is_some() {
+                if starting {
+                    conn.bulk_target(BulkTarget::Begin).map_err(&conn_err)?;
+                }
+                continue;
+            }
+            let strays = conn.bulk_target(BulkTarget::End).map_err(&conn_err)?;
+            let n = strays.len();
+            let mut ops: Vec<Op> = strays
+                .into_iter()
+                .map(|key| Op::Touch { sync: self.sync(), side: target, key, at: 0, pos: 0 })
+                .collect();
+            ops.push(Op::Meta { sync: self.sync(), name, value: None });
+            ops.push(Op::Audit(AuditRow {
+                kind: "load".into(),
+                source: Some(target),
+                detail: format!(
+                    "initial load into {} done: {n} records there that its batches did not write (or that changed since) are checked as changes",
+                    self.spec.system(target)
+                ),
+                ..self.audit_base()
+            }));
+            self.commit(ops)?;
+            self.conns[target.index()].bulk_target(BulkTarget::Forget).map_err(&conn_err)?;
+        }
+        Ok(())
     }
 
     /// Removes markers a crash left on the systems after their outcome was committed to the
@@ -507,6 +549,7 @@ impl<'a> Engine<'a> {
             if empty[other.index()] && !empty[side.index()] {
                 self.commit(vec![
                     Op::Meta { sync: self.sync(), name: format!("bulk:{side}"), value: Some("1".into()) },
+                    Op::Meta { sync: self.sync(), name: format!("bulk_target:{other}"), value: Some("1".into()) },
                     Op::Meta { sync: self.sync(), name: format!("snapshot:{other}"), value: None },
                     Op::Audit(AuditRow {
                         kind: "load".into(),
@@ -638,7 +681,8 @@ impl<'a> Engine<'a> {
         };
         let after = Key::parse(&after);
         if self.store.meta(&self.spec.name, &format!("bulk:{side}"))?.is_some() {
-            return self.bulk_page(side, after, report);
+            self.bulk_page(side, after, report)?;
+            return self.settle_bulk_targets(false);
         }
         let rows = self.conns[side.index()].scan(after.as_ref(), self.batch).map_err(self.conn_err(side))?;
         let mut ops: Vec<Op> = rows

@@ -5,12 +5,12 @@
 //! fail (system down) or to "crash" before or after it takes effect.
 
 use crate::connector::{
-    CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Touched, Write, WriteResult,
+    BulkTarget, CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Touched, Write, WriteResult,
 };
 use crate::store::{MemoryStore, Op, StateStore, StoreError};
 use crate::value::{Key, Row, Value};
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 /// A countdown shared by every failure point of a simulation: when it reaches zero the
@@ -85,6 +85,11 @@ pub struct MemoryTable {
     /// The `wait` of each `changes` call, in order: whether the engine would have waited for
     /// a stream to catch up.
     pub waits: Vec<bool>,
+    /// A bulk load into this table runs: inserts stay out of the change log (as PostgreSQL's
+    /// publication leaves them out then), for the load's end to find.
+    quiet_inserts: bool,
+    /// Keys bulk pages wrote that no user has changed since.
+    bulk_written: HashSet<Key>,
 }
 
 impl MemoryTable {
@@ -108,6 +113,8 @@ impl MemoryTable {
             refuse_bulk: false,
             no_change_times: false,
             waits: Vec::new(),
+            quiet_inserts: false,
+            bulk_written: HashSet::new(),
         }
     }
 
@@ -136,7 +143,9 @@ impl MemoryTable {
         row.insert(self.key_column.as_str().into(), Value::Int(id));
         let key = Key::from_values(&[Value::Int(id)]);
         self.rows.insert(key.clone(), row);
-        self.record(key.clone());
+        if !self.quiet_inserts {
+            self.record(key.clone());
+        }
         key
     }
 
@@ -144,6 +153,7 @@ impl MemoryTable {
     pub fn user_update(&mut self, key: &Key, values: Row) {
         if let Some(row) = self.rows.get_mut(key) {
             row.extend(values);
+            self.bulk_written.remove(key);
             self.record(key.clone());
         }
     }
@@ -151,6 +161,7 @@ impl MemoryTable {
     /// A user deletes a row.
     pub fn user_delete(&mut self, key: &Key) {
         if self.rows.remove(key).is_some() {
+            self.bulk_written.remove(key);
             self.record(key.clone());
         }
     }
@@ -352,6 +363,19 @@ impl Connector for MemoryTable {
         }
     }
 
+    fn bulk_target(&mut self, phase: BulkTarget) -> Result<Vec<Key>, ConnectorError> {
+        self.gate()?;
+        match phase {
+            BulkTarget::Begin => self.quiet_inserts = true,
+            BulkTarget::End => {
+                self.quiet_inserts = false;
+                return Ok(self.rows.keys().filter(|k| !self.bulk_written.contains(*k)).cloned().collect());
+            }
+            BulkTarget::Forget => self.bulk_written.clear(),
+        }
+        Ok(Vec::new())
+    }
+
     fn bulk_insert(
         &mut self,
         batch: &str,
@@ -392,6 +416,9 @@ impl Connector for MemoryTable {
         self.tandem_writes += rows.len() as u64;
         for (mut row, key) in rows.into_iter().zip(keys) {
             row.insert(self.key_column.as_str().into(), key.values()[0].clone());
+            if self.quiet_inserts {
+                self.bulk_written.insert(key.clone());
+            }
             self.rows.insert(key, row);
         }
         self.intents.insert(batch.to_string(), Key::from_values(&[]));

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stream::Capture;
 use tandem_core::connector::{
-    CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write, WriteResult,
+    BulkTarget, CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write, WriteResult,
 };
 use tandem_core::value::{Key, Name, Row, Value};
 use tokio_postgres::types::{ToSql, Type};
@@ -153,6 +153,9 @@ pub struct PgTable {
     /// Rows being read for the engine's next `read` (see `Connector::prefetch`).
     prefetched: Option<(Vec<Key>, Pending)>,
     decode: Arc<Decode>,
+    /// A bulk load into this table runs (see [`PgTable::bulk_target`]): each page's
+    /// transaction also writes a row to `_tandem.loads`, whose `xmin` is the page's.
+    loading: bool,
 }
 
 type Pending = tokio::task::JoinHandle<Result<Vec<(Key, Row)>, tokio_postgres::Error>>;
@@ -274,6 +277,41 @@ async fn scan_page(
     let p: Vec<Option<String>> = after.map(|k| k.values().iter().map(to_text).collect()).unwrap_or_default();
     let typed: Vec<(&(dyn ToSql + Sync), Type)> = p.iter().map(|x| (x as &(dyn ToSql + Sync), Type::TEXT)).collect();
     Ok(decode.rows(client.query_typed(&sql, &typed).await?))
+}
+
+/// Waits until every transaction that was running when this is called has ended (as CREATE
+/// INDEX CONCURRENTLY does), naming the oldest after a while; gives up after two minutes.
+async fn wait_for_older_transactions(c: &tokio_postgres::Client, label: &str) -> Result<(), ConnectorError> {
+    let fail = |e| pg_err(format_args!("waiting for older transactions on {label}"), e);
+    let horizon: i64 =
+        c.query_one("SELECT txid_snapshot_xmax(txid_current_snapshot())", &[]).await.map_err(fail)?.get(0);
+    let start = std::time::Instant::now();
+    loop {
+        let oldest: i64 =
+            c.query_one("SELECT txid_snapshot_xmin(txid_current_snapshot())", &[]).await.map_err(fail)?.get(0);
+        if oldest >= horizon {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let who = c
+                .query_opt(
+                    "SELECT pid::text || ' (' || coalesce(usename, '?') || ', ' || coalesce(state, '?') || ')'
+                     FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(fail)?
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_else(|| "a prepared transaction".into());
+            return Err(ConnectorError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "the initial load into {label} cannot end while an older transaction runs (backend {who}); it is retried"
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The columns of `schema.table` (empty when the table does not exist).
@@ -462,6 +500,7 @@ impl PgTable {
             snapshot: None,
             prefetched: None,
             decode,
+            loading: false,
         })
     }
 
@@ -1435,6 +1474,85 @@ impl Connector for PgTable {
         Some(Key::from_values(&vals?))
     }
 
+    /// PostgreSQL 15 cannot leave a replication origin's changes out of a `pgoutput` stream,
+    /// so the slot would decode and send every page of a bulk load back to Tandem (costing the
+    /// server more than the COPY itself). During the load the publication publishes no inserts;
+    /// at its end the table's rows whose `xmin` is not a page's (inserted by others meanwhile,
+    /// or changed since) are reported, after every transaction that may have started under the
+    /// old publication has ended.
+    fn bulk_target(&mut self, phase: BulkTarget) -> Result<Vec<Key>, ConnectorError> {
+        let (publication, q) = (ident(&self.publication), self.qualified());
+        let label = self.label();
+        match phase {
+            BulkTarget::Begin => {
+                self.block(self.client.batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS _tandem;
+                     CREATE TABLE IF NOT EXISTS _tandem.loads (tbl text NOT NULL);
+                     ALTER PUBLICATION {publication} SET (publish = 'update, delete, truncate');"
+                )))
+                .map_err(|e| {
+                    pg_err(format_args!("leaving inserts out of publication {publication} for the load"), e)
+                })?;
+                self.loading = true;
+                Ok(Vec::new())
+            }
+            BulkTarget::End => {
+                let keys = self.block(async {
+                    let c = &self.client;
+                    c.batch_execute(&format!(
+                        "ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete, truncate')"
+                    ))
+                    .await
+                    .map_err(|e| pg_err(format_args!("publishing inserts again in {publication}"), e))?;
+                    wait_for_older_transactions(c, &label).await?;
+                    let key_list: Vec<String> = self.key.iter().map(|k| format!("t.{}::text", ident(k))).collect();
+                    let rows = c
+                        .query(
+                            &format!(
+                                "SELECT {} FROM {q} AS t WHERE NOT EXISTS
+                                   (SELECT 1 FROM _tandem.loads AS l WHERE l.tbl = $1 AND l.xmin = t.xmin)",
+                                key_list.join(", ")
+                            ),
+                            &[&q],
+                        )
+                        .await
+                        .map_err(|e| {
+                            pg_err(format_args!("finding the records of {label} the load did not write"), e)
+                        })?;
+                    let oids: Vec<u32> = self.key.iter().map(|k| self.column(k).map_or(0, |c| c.oid)).collect();
+                    Ok::<_, ConnectorError>(
+                        rows.iter()
+                            .map(|r| {
+                                let values: Vec<Value> = oids
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, oid)| from_text(*oid, r.get::<_, Option<&str>>(i)))
+                                    .collect();
+                                Key::from_values(&values)
+                            })
+                            .collect(),
+                    )
+                })?;
+                self.loading = false;
+                Ok(keys)
+            }
+            BulkTarget::Forget => {
+                self.block(async {
+                    let exists = self
+                        .client
+                        .query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'loads'", &[])
+                        .await?;
+                    if exists.is_some() {
+                        self.client.execute("DELETE FROM _tandem.loads WHERE tbl = $1", &[&q]).await?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| pg_err("forgetting the load's pages", e))?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
     fn bulk_insert(
         &mut self,
         batch: &str,
@@ -1478,13 +1596,13 @@ impl Connector for PgTable {
             let c = &self.client;
             let mut written = written;
             if written.is_ok() && go_on {
-                written = c
-                    .execute(
-                        "INSERT INTO _tandem.intents (id, tbl, pk) VALUES ($1, $2, '[]') ON CONFLICT (id) DO NOTHING",
-                        &[&batch, &q],
-                    )
-                    .await
-                    .map(|_| ());
+                let marker = if self.loading {
+                    "WITH page AS (INSERT INTO _tandem.loads (tbl) VALUES ($2))
+                     INSERT INTO _tandem.intents (id, tbl, pk) VALUES ($1, $2, '[]') ON CONFLICT (id) DO NOTHING"
+                } else {
+                    "INSERT INTO _tandem.intents (id, tbl, pk) VALUES ($1, $2, '[]') ON CONFLICT (id) DO NOTHING"
+                };
+                written = c.execute(marker, &[&batch, &q]).await.map(|_| ());
             }
             match written {
                 Ok(()) if go_on => {
@@ -1527,6 +1645,12 @@ impl Connector for PgTable {
                 .is_some()
             {
                 c.execute("DELETE FROM _tandem.intents WHERE tbl = $1", &[&q]).await?;
+            }
+            if c.query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'loads'", &[])
+                .await?
+                .is_some()
+            {
+                c.execute("DELETE FROM _tandem.loads WHERE tbl = $1", &[&q]).await?;
             }
             Ok::<_, tokio_postgres::Error>(())
         })
