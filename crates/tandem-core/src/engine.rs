@@ -485,10 +485,13 @@ impl<'a> Engine<'a> {
             ops.push(Op::Audit(AuditRow {
                 kind: "load".into(),
                 source: Some(target),
-                detail: format!(
-                    "initial load into {} done: {n} records there that its batches did not write (or that changed since) are checked as changes",
-                    self.spec.system(target)
-                ),
+                detail: match n {
+                    0 => format!("initial load into {} done", self.spec.system(target)),
+                    _ => format!(
+                        "initial load into {} done: {n} records there that its batches did not write (or that changed since) are checked as changes",
+                        self.spec.system(target)
+                    ),
+                },
                 ..self.audit_base()
             }));
             self.commit(ops)?;
