@@ -252,6 +252,13 @@ impl Decode {
         (key, self.names.iter().cloned().zip(values).collect())
     }
 
+    /// The key of a result row that holds only the key columns, as text, in key order.
+    fn key_only(&self, r: &tokio_postgres::Row) -> Key {
+        let values: Vec<Value> =
+            self.key.iter().enumerate().map(|(i, c)| from_text(self.oids[*c], r.get::<_, Option<&str>>(i))).collect();
+        Key::from_values(&values)
+    }
+
     fn rows(&self, rows: Vec<tokio_postgres::Row>) -> Vec<(Key, Row)> {
         rows.iter().map(|r| self.row(r)).collect()
     }
@@ -277,6 +284,22 @@ async fn scan_page(
     let p: Vec<Option<String>> = after.map(|k| k.values().iter().map(to_text).collect()).unwrap_or_default();
     let typed: Vec<(&(dyn ToSql + Sync), Type)> = p.iter().map(|x| (x as &(dyn ToSql + Sync), Type::TEXT)).collect();
     Ok(decode.rows(client.query_typed(&sql, &typed).await?))
+}
+
+/// Whether Tandem's table `_tandem.<name>` exists (a database Tandem never wrote to has none).
+async fn has_tandem_table(c: &tokio_postgres::Client, name: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = $1", &[&name])
+        .await?
+        .is_some())
+}
+
+/// Removes the rows `table` has in Tandem's table `_tandem.<name>` (`intents` or `loads`), if
+/// that exists.
+async fn forget_rows_of(c: &tokio_postgres::Client, name: &str, table: &str) -> Result<(), tokio_postgres::Error> {
+    if has_tandem_table(c, name).await? {
+        c.execute(&format!("DELETE FROM _tandem.{name} WHERE tbl = $1"), &[&table]).await?;
+    }
+    Ok(())
 }
 
 /// Waits until every transaction that was running when this is called has ended (as CREATE
@@ -1410,11 +1433,7 @@ impl Connector for PgTable {
         let q = self.qualified();
         let row = self
             .block(async {
-                let exists = self
-                    .client
-                    .query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'intents'", &[])
-                    .await?;
-                if exists.is_none() {
+                if !has_tandem_table(&self.client, "intents").await? {
                     return Ok(None);
                 }
                 self.client.query_opt("SELECT pk FROM _tandem.intents WHERE id = $1 AND tbl = $2", &[&intent, &q]).await
@@ -1434,11 +1453,7 @@ impl Connector for PgTable {
         let q = self.qualified();
         let rows = self
             .block(async {
-                let exists = self
-                    .client
-                    .query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'intents'", &[])
-                    .await?;
-                if exists.is_none() {
+                if !has_tandem_table(&self.client, "intents").await? {
                     return Ok(Vec::new());
                 }
                 self.client.query("SELECT id FROM _tandem.intents WHERE tbl = $1", &[&q]).await
@@ -1519,35 +1534,14 @@ impl Connector for PgTable {
                         .map_err(|e| {
                             pg_err(format_args!("finding the records of {label} the load did not write"), e)
                         })?;
-                    let oids: Vec<u32> = self.key.iter().map(|k| self.column(k).map_or(0, |c| c.oid)).collect();
-                    Ok::<_, ConnectorError>(
-                        rows.iter()
-                            .map(|r| {
-                                let values: Vec<Value> = oids
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, oid)| from_text(*oid, r.get::<_, Option<&str>>(i)))
-                                    .collect();
-                                Key::from_values(&values)
-                            })
-                            .collect(),
-                    )
+                    Ok::<_, ConnectorError>(rows.iter().map(|r| self.decode.key_only(r)).collect())
                 })?;
                 self.loading = false;
                 Ok(keys)
             }
             BulkTarget::Forget => {
-                self.block(async {
-                    let exists = self
-                        .client
-                        .query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'loads'", &[])
-                        .await?;
-                    if exists.is_some() {
-                        self.client.execute("DELETE FROM _tandem.loads WHERE tbl = $1", &[&q]).await?;
-                    }
-                    Ok(())
-                })
-                .map_err(|e| pg_err("forgetting the load's pages", e))?;
+                self.block(forget_rows_of(&self.client, "loads", &q))
+                    .map_err(|e| pg_err("forgetting the load's pages", e))?;
                 Ok(Vec::new())
             }
         }
@@ -1640,19 +1634,8 @@ impl Connector for PgTable {
                 &[&slot],
             )
             .await?;
-            if c.query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'intents'", &[])
-                .await?
-                .is_some()
-            {
-                c.execute("DELETE FROM _tandem.intents WHERE tbl = $1", &[&q]).await?;
-            }
-            if c.query_opt("SELECT 1 FROM pg_tables WHERE schemaname = '_tandem' AND tablename = 'loads'", &[])
-                .await?
-                .is_some()
-            {
-                c.execute("DELETE FROM _tandem.loads WHERE tbl = $1", &[&q]).await?;
-            }
-            Ok::<_, tokio_postgres::Error>(())
+            forget_rows_of(c, "intents", &q).await?;
+            forget_rows_of(c, "loads", &q).await
         })
         .map_err(|e| pg_err("removing capture", e))?;
         Ok(format!("removed slot {slot}, publication {publication} and origin {slot} from {}", self.label()))
