@@ -613,13 +613,12 @@ pub fn audit_verify(path: &Path) -> Result<(), CliError> {
 pub fn uninstall(path: &Path) -> Result<(), CliError> {
     let cfg = load(path)?;
     let mut cleared = Vec::new();
-    for spec in &cfg.syncs {
+    for (i, spec) in cfg.syncs.iter().enumerate() {
         for side in [Side::Left, Side::Right] {
-            let i = cfg.syncs.iter().position(|s| s.name == spec.name).expect("sync of this config");
             let mut t = open_entity(&cfg, i, side)?;
             println!("{}", t.uninstall()?);
-            cleared.push(spec.name.clone());
         }
+        cleared.push(spec.name.clone());
     }
     if cfg.state.exists() {
         let mut store = SqliteStore::open(&cfg.state)?;

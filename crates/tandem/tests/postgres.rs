@@ -606,3 +606,70 @@ fn plan_against_postgresql_installs_nothing_and_writes_nothing() {
     assert_eq!((snapshot(&a), snapshot(&b), slots(), origins()), (sa, sb, sl, or), "plan wrote to PostgreSQL");
     assert!(!dir.path("state.db").exists(), "plan made a state file");
 }
+
+#[test]
+fn uninstall_removes_capture_and_the_next_run_catches_up() {
+    let (a, b) = (PgDb::new("unin_a"), PgDb::new("unin_b"));
+    a.sql(TYPES_TABLE);
+    b.sql(TYPES_TABLE);
+    a.sql("INSERT INTO items (i, t) SELECT g, 'row ' || g FROM generate_series(1, 3000) g");
+    let dir = TempDir::new("pguninstall");
+    let cfg = pg_pair_config_with(&dir, &a, &b, &["id"], "batch_size = 500\n");
+    let c = cfg.to_str().unwrap();
+    let installed = || {
+        let slots = psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}')", a.0, b.0),
+        );
+        let origins = psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'tandem_{}%' OR roname LIKE 'tandem_{}%'",
+                a.0, b.0
+            ),
+        );
+        let publications = |db: &PgDb| db.sql("SELECT count(*) FROM pg_publication");
+        // Rows in whichever of Tandem's own tables the database has (intents, page records).
+        let records = |db: &PgDb| {
+            let tables = db.sql(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = '_tandem' AND c.relkind = 'r' ORDER BY 1",
+            );
+            let counts: Vec<String> =
+                tables.lines().map(|t| db.sql(&format!("SELECT count(*) FROM _tandem.{t}"))).collect();
+            counts.iter().map(|n| n.parse::<u64>().unwrap()).sum::<u64>().to_string()
+        };
+        (slots, origins, publications(&a), publications(&b), records(&a), records(&b))
+    };
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(b.sql("SELECT count(*) FROM items"), "3000");
+    let (slots, origins, pa, pb, _, _) = installed();
+    assert_eq!((slots.as_str(), origins.as_str(), pa.as_str(), pb.as_str()), ("2", "2", "1", "1"));
+
+    let out = tandem(&["uninstall", "-c", c]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("removed slot tandem_") && t.contains("next `tandem run` reinstalls"), "{t}");
+    let zero = || "0".to_string();
+    assert_eq!(installed(), (zero(), zero(), zero(), zero(), zero(), zero()), "uninstall left something behind");
+    // A second uninstall finds nothing to remove and still succeeds.
+    let out = tandem(&["uninstall", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Changes made while nothing captures them arrive with the next run, once each.
+    a.sql("UPDATE items SET t = 'changed while uninstalled' WHERE i = 7");
+    b.sql("INSERT INTO items (id, i, t) VALUES (9001, 9001, 'inserted while uninstalled')");
+    b.sql("DELETE FROM items WHERE i = 11");
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    for db in [&a, &b] {
+        assert_eq!(db.sql("SELECT t FROM items WHERE i = 7"), "changed while uninstalled");
+        assert_eq!(db.sql("SELECT count(*) FROM items WHERE i = 9001"), "1");
+        assert_eq!(db.sql("SELECT count(*) FROM items WHERE i = 11"), "0");
+        assert_eq!(db.sql("SELECT count(*), count(DISTINCT i) FROM items"), "3000|3000");
+    }
+    assert_eq!(all_values(&a), all_values(&b));
+    let (slots, origins, pa, pb, _, _) = installed();
+    assert_eq!((slots.as_str(), origins.as_str(), pa.as_str(), pb.as_str()), ("2", "2", "1", "1"));
+}
