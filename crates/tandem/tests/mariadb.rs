@@ -585,3 +585,41 @@ fn check_advises_turning_local_infile_on() {
     let on = advice(1);
     assert!(!on.contains("local_infile"), "{on}");
 }
+
+#[test]
+fn uninstall_removes_capture_from_sqlite_and_mariadb_and_the_next_run_catches_up() {
+    let b = MyDb::new("unin_b");
+    let dir = TempDir::new("myuninstall");
+    let c = sqlite_my_config(&dir, &b);
+    run_once(&c);
+    let installed = || {
+        let a = db(&dir.path("a.db"));
+        let sqlite = rows(&a, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'")[0][0].clone();
+        let marker = b.sql("SELECT (SELECT count(*) FROM _tandem_writes) + (SELECT count(*) FROM _tandem_intents)");
+        (sqlite, marker)
+    };
+    let (triggers, marker) = installed();
+    assert!(triggers != "0" && marker != "0", "nothing installed: {triggers} triggers, {marker} marker rows");
+
+    let out = tandem(&["uninstall", "-c", &c]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("removed Tandem's marker row"), "{t}");
+    assert_eq!(installed(), ("0".to_string(), "0".to_string()), "uninstall left something behind");
+    let out = tandem(&["uninstall", "-c", &c]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Changes made while nothing captures them arrive with the next run, once each.
+    db(&dir.path("a.db")).execute_batch("UPDATE people SET tier = 'gold' WHERE name = 'Ann'").unwrap();
+    b.sql("INSERT INTO customers (full_name, user_email) VALUES ('Dee', 'dee@x.io'); DELETE FROM customers WHERE user_email = 'cy@x.io'");
+    run_once(&c);
+    assert_eq!(
+        b.sql("SELECT full_name, lower(user_email) FROM customers ORDER BY 2"),
+        "Ann\tann@x.io\nBob\tbob@x.io\nDee\tdee@x.io"
+    );
+    assert_eq!(
+        rows(&db(&dir.path("a.db")), "SELECT name, lower(email) FROM people ORDER BY 2"),
+        vec![vec!["Ann", "ann@x.io"], vec!["Bob", "bob@x.io"], vec!["Dee", "dee@x.io"]]
+    );
+    assert_ne!(installed().0, "0", "the run did not reinstall capture");
+}
