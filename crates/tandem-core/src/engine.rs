@@ -300,18 +300,29 @@ fn canonical_values(
 /// (a field that does not flow from `side`, or a NULL one); the field that cannot be written,
 /// and why, otherwise.
 fn creation(spec: &SyncSpec, side: Side, mut canon: Row) -> Result<(Row, Row, bool), (Name, MapError)> {
+    creation_with(spec, side, |f| Ok(canon.remove(&f.name).unwrap_or(Value::Null)))
+}
+
+/// [`creation`] from a record's canonical values as `get` reads them, field by field, without
+/// a map of them in between (a bulk load's pages). Every field is read, also one that does not
+/// flow from `side`, so a value that cannot be read fails the record as it would on its own.
+fn creation_with(
+    spec: &SyncSpec,
+    side: Side,
+    mut get: impl FnMut(&FieldMap) -> Result<Value, MapError>,
+) -> Result<(Row, Row, bool), (Name, MapError)> {
     let other = side.other();
     let mut values = spec.defaults[other.index()].clone();
     let mut base = Row::new();
     let mut revisit = false;
     for f in &spec.fields {
+        let v = get(f).map_err(|e| (f.name.clone(), e))?;
         if !f.flow.allows_from(side) {
             revisit = true;
             continue;
         }
-        let v = canon.remove(&f.name).unwrap_or(Value::Null);
         revisit |= v.is_null();
-        values.extend(f.put(other, &v, None).map_err(|e| (f.name.clone(), e))?);
+        f.put_into(other, v.clone(), &mut values).map_err(|e| (f.name.clone(), e))?;
         base.insert(f.name.clone(), v);
     }
     Ok((values, base, revisit))
@@ -323,12 +334,12 @@ fn creation(spec: &SyncSpec, side: Side, mut canon: Row) -> Result<(Row, Row, bo
 /// threads: the work is pure, and the engine thread is a bulk load's bottleneck.
 fn creations(spec: &SyncSpec, side: Side, shared: bool, mut rows: Vec<Row>) -> Vec<Option<(Row, Row)>> {
     let one = |mut row: Row| {
-        let canon = if shared {
-            canonical_values(spec, |f| f.get(side, &row))
+        let made = if shared {
+            creation_with(spec, side, |f| f.get(side, &row))
         } else {
-            canonical_values(spec, |f| f.take(side, &mut row))
+            creation_with(spec, side, |f| f.take(side, &mut row))
         };
-        canon.and_then(|c| creation(spec, side, c)).ok().map(|(values, base, _)| (values, base))
+        made.ok().map(|(values, base, _)| (values, base))
     };
     if rows.len() < 1000 {
         return rows.into_iter().map(one).collect();

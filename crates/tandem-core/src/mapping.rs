@@ -337,6 +337,21 @@ impl FieldMap {
         Ok(out)
     }
 
+    /// [`FieldMap::put`] of a new record's value into its row `out` (no current row to
+    /// consult): a renamed field moves the value in as it is.
+    pub fn put_into(&self, side: Side, value: Value, out: &mut Row) -> Result<(), MapError> {
+        match &self.transform {
+            Transform::Rename => {
+                out.insert(self.columns(side)[0].clone(), value);
+                Ok(())
+            }
+            _ => {
+                out.extend(self.put(side, &value, None)?);
+                Ok(())
+            }
+        }
+    }
+
     /// Turns a canonical value into column values for `side`. `current` is the side's row as it
     /// is now, when there is one: a lens may keep what it already says (a split of "Mary Ann
     /// Smith" keeps first name "Mary Ann" when that is what the row has).
