@@ -121,6 +121,18 @@ impl ConnectorError {
     }
 }
 
+/// Something about an entity's installed capture that its position does not show, for
+/// `tandem check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureNote {
+    /// What holds.
+    pub text: String,
+    /// What to do about it.
+    pub fix: String,
+    /// True when changes are missed until it is fixed (`tandem check` then fails).
+    pub problem: bool,
+}
+
 /// Whether change capture is in place for an entity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CaptureState {
@@ -155,6 +167,12 @@ pub trait Connector {
     /// the first run): a stream that restarts behind that position, or a slot confirmed past
     /// it, is `Lost`. Reads only.
     fn capture_state(&mut self, cursor: Option<u64>) -> Result<CaptureState, ConnectorError>;
+    /// What `tandem check` should say about the installed capture beyond [`Self::capture_state`]
+    /// (`loading`: the state file has a bulk load into this entity under way). Reads only.
+    fn capture_notes(&mut self, loading: bool) -> Result<Vec<CaptureNote>, ConnectorError> {
+        let _ = loading;
+        Ok(Vec::new())
+    }
     /// Installs change capture (replacing a lost one); returns a description for the user.
     /// After this, every later change is delivered by `changes` from `head()` on.
     fn install(&mut self) -> Result<String, ConnectorError>;

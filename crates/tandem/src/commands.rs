@@ -278,6 +278,9 @@ pub fn check(path: &Path) -> Result<(), CliError> {
         return Err(CliError::Usage(format!("{}: {problem}", cfg.file.display())));
     }
     println!("{}: OK", cfg.file.display());
+    // The state file, when there is one, says whether a bulk load is under way.
+    let mut state = if cfg.state.exists() { Some(SqliteStore::open_existing(&cfg.state)?) } else { None };
+    let mut problems = Vec::new();
     for spec in &cfg.syncs {
         let l = spec.side(Side::Left);
         let r = spec.side(Side::Right);
@@ -307,6 +310,17 @@ pub fn check(path: &Path) -> Result<(), CliError> {
                         ent.system, ent.table
                     );
                 }
+                let loading = match &mut state {
+                    Some(store) => store.meta(&spec.name, &format!("bulk_target:{side}"))?.is_some(),
+                    None => false,
+                };
+                for note in t.capture_notes(loading)? {
+                    let (what, fix) = (format!("{}.{}: {}", ent.system, ent.table, note.text), note.fix);
+                    println!("    {}: {what}\n      fix: {fix}", if note.problem { "problem" } else { "note" });
+                    if note.problem {
+                        problems.push(what);
+                    }
+                }
             }
         }
     }
@@ -317,6 +331,9 @@ pub fn check(path: &Path) -> Result<(), CliError> {
                 println!("  note: system `{name}`: {note}");
             }
         }
+    }
+    if !problems.is_empty() {
+        return Err(CliError::Usage(format!("change capture misses changes: {}", problems.join("; "))));
     }
     Ok(())
 }

@@ -132,7 +132,8 @@ enum Command {
         #[command(subcommand)]
         action: Option<AuditAction>,
     },
-    /// Remove Tandem's change capture (triggers and change-log tables) from the systems.
+    /// Remove Tandem's change capture from the systems: SQLite triggers and change logs,
+    /// PostgreSQL slots, publications and origins, MariaDB marker rows.
     Uninstall {
         #[arg(short, long, default_value = "tandem.toml")]
         config: PathBuf,

@@ -673,3 +673,49 @@ fn uninstall_removes_capture_and_the_next_run_catches_up() {
     let (slots, origins, pa, pb, _, _) = installed();
     assert_eq!((slots.as_str(), origins.as_str(), pa.as_str(), pb.as_str()), ("2", "2", "1", "1"));
 }
+
+#[test]
+fn check_reports_a_publication_that_publishes_no_inserts() {
+    let (a, b) = (PgDb::new("pubins_a"), PgDb::new("pubins_b"));
+    a.sql(TYPES_TABLE);
+    b.sql(TYPES_TABLE);
+    a.sql("INSERT INTO items (i, t) SELECT g, 'row ' || g FROM generate_series(1, 100) g");
+    let dir = TempDir::new("pgpubins");
+    let cfg = pg_pair_config_with(&dir, &a, &b, &["id"], "");
+    let c = cfg.to_str().unwrap();
+    let out = tandem(&["run", "--once", "-c", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let check = || tandem(&["check", "-c", c]);
+    let out = check();
+    assert!(out.status.success() && !text(&out).contains("publish"), "{}", text(&out));
+
+    // Someone takes inserts out of b's publication: inserts into b would be missed.
+    let publication = b.sql("SELECT pubname FROM pg_publication");
+    b.sql(&format!("ALTER PUBLICATION {publication} SET (publish = 'update, delete, truncate')"));
+    let out = check();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("problem: b.items: publication {publication} does not publish inserts"))
+            && t.contains("`tandem uninstall`, then `tandem run`"),
+        "{t}"
+    );
+    // While the state file has a bulk load into b under way, that is how the load runs.
+    db(&dir.path("state.db"))
+        .execute_batch("INSERT INTO meta (sync, name, value) VALUES ('items', 'bulk_target:right', '1')")
+        .unwrap();
+    let out = check();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("note: b.items: publication") && t.contains("initial load into"), "{t}");
+    db(&dir.path("state.db")).execute_batch("DELETE FROM meta WHERE name = 'bulk_target:right'").unwrap();
+    // The remedy check names: uninstall, run; the row inserted meanwhile arrives.
+    b.sql("INSERT INTO items (id, i, t) VALUES (5001, 5001, 'inserted unpublished')");
+    for args in [&["uninstall", "-c", c][..], &["run", "--once", "-c", c]] {
+        let out = tandem(args);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(a.sql("SELECT t FROM items WHERE i = 5001"), "inserted unpublished");
+    let out = check();
+    assert!(out.status.success() && !text(&out).contains("publish"), "{}", text(&out));
+}

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use stream::Capture;
 use tandem_core::connector::{
-    BulkTarget, CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write, WriteResult,
+    BulkTarget, CaptureNote, CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write,
+    WriteResult,
 };
 use tandem_core::value::{Key, Name, Row, Value};
 use tokio_postgres::types::{ToSql, Type};
@@ -1101,6 +1102,35 @@ impl Connector for PgTable {
                 _ => CaptureState::Ready,
             },
             Some(_) => CaptureState::Ready,
+        })
+    }
+
+    fn capture_notes(&mut self, loading: bool) -> Result<Vec<CaptureNote>, ConnectorError> {
+        let inserts: Option<bool> = self
+            .block(
+                self.client.query_opt("SELECT pubinsert FROM pg_publication WHERE pubname = $1", &[&self.publication]),
+            )
+            .map_err(|e| pg_err("reading publications", e))?
+            .map(|r| r.get(0));
+        let p = &self.publication;
+        Ok(match inserts {
+            Some(false) if loading => vec![CaptureNote {
+                text: format!(
+                    "publication {p} publishes no inserts while the initial load into {} is under way (rows inserted beside the load are found when it ends)",
+                    self.label()
+                ),
+                fix: "`tandem run` finishes the load and publishes inserts again; `tandem uninstall` removes capture".into(),
+                problem: false,
+            }],
+            Some(false) => vec![CaptureNote {
+                text: format!("publication {p} does not publish inserts, so rows inserted into {} are missed", self.label()),
+                fix: format!(
+                    "`tandem uninstall`, then `tandem run`: capture is installed anew and both sides are read again, so the rows inserted meanwhile arrive (ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate') alone does not bring them)",
+                    ident(p)
+                ),
+                problem: true,
+            }],
+            _ => Vec::new(),
         })
     }
 
