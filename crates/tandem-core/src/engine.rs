@@ -264,6 +264,12 @@ struct GroupPlan {
 /// links' [`Link::pending`].
 const PENDING: &str = "pending_writes";
 
+/// The state meta entry, per sync, that is set while a bulk load writes into `side` (until its
+/// end has been settled with the system).
+pub fn bulk_target_meta(side: Side) -> String {
+    format!("bulk_target:{side}")
+}
+
 fn pending_to_json(pending: &[&(Key, [Row; 2])]) -> String {
     let mut out = String::from("[");
     for (i, (left, pair)) in pending.iter().enumerate() {
@@ -474,7 +480,7 @@ impl<'a> Engine<'a> {
     /// `bulk:<other side>` and cleared by that commit, so a crash anywhere repeats a phase.
     fn settle_bulk_targets(&mut self, starting: bool) -> Result<(), EngineError> {
         for target in [Side::Left, Side::Right] {
-            let name = format!("bulk_target:{target}");
+            let name = bulk_target_meta(target);
             if self.store.meta(&self.spec.name, &name)?.is_none() {
                 continue;
             }
@@ -563,7 +569,7 @@ impl<'a> Engine<'a> {
             if empty[other.index()] && !empty[side.index()] {
                 self.commit(vec![
                     Op::Meta { sync: self.sync(), name: format!("bulk:{side}"), value: Some("1".into()) },
-                    Op::Meta { sync: self.sync(), name: format!("bulk_target:{other}"), value: Some("1".into()) },
+                    Op::Meta { sync: self.sync(), name: bulk_target_meta(other), value: Some("1".into()) },
                     Op::Meta { sync: self.sync(), name: format!("snapshot:{other}"), value: None },
                     Op::Audit(AuditRow {
                         kind: "load".into(),

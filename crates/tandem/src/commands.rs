@@ -281,7 +281,7 @@ pub fn check(path: &Path) -> Result<(), CliError> {
     // The state file, when there is one, says whether a bulk load is under way.
     let mut state = if cfg.state.exists() { Some(SqliteStore::open_existing(&cfg.state)?) } else { None };
     let mut problems = Vec::new();
-    for spec in &cfg.syncs {
+    for (i, spec) in cfg.syncs.iter().enumerate() {
         let l = spec.side(Side::Left);
         let r = spec.side(Side::Right);
         println!(
@@ -302,7 +302,6 @@ pub fn check(path: &Path) -> Result<(), CliError> {
         }
         for side in [Side::Left, Side::Right] {
             let ent = spec.side(side);
-            let i = cfg.syncs.iter().position(|s| s.name == spec.name).expect("sync of this config");
             if let Ok(mut t) = open_entity(&cfg, i, side) {
                 if t.capture_state(None).map(|s| s != CaptureState::Ready).unwrap_or(false) {
                     println!(
@@ -311,7 +310,7 @@ pub fn check(path: &Path) -> Result<(), CliError> {
                     );
                 }
                 let loading = match &mut state {
-                    Some(store) => store.meta(&spec.name, &format!("bulk_target:{side}"))?.is_some(),
+                    Some(store) => store.meta(&spec.name, &tandem_core::engine::bulk_target_meta(side))?.is_some(),
                     None => false,
                 };
                 for note in t.capture_notes(loading)? {

@@ -20,6 +20,22 @@ fn all_values(db: &PgDb) -> String {
     db.sql(&format!("SELECT {} FROM items ORDER BY t NULLS FIRST, i", cols.join(" || '|' || ")))
 }
 
+/// Replication slots in the two databases.
+fn slot_count(a: &PgDb, b: &PgDb) -> String {
+    psql("postgres", &format!("SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}')", a.0, b.0))
+}
+
+/// Tandem's replication origins for the two databases.
+fn origin_count(a: &PgDb, b: &PgDb) -> String {
+    psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'tandem_{}%' OR roname LIKE 'tandem_{}%'",
+            a.0, b.0
+        ),
+    )
+}
+
 fn pg_pair_config(dir: &TempDir, a: &PgDb, b: &PgDb) -> std::path::PathBuf {
     pg_pair_config_with(dir, a, b, &[], "")
 }
@@ -583,18 +599,8 @@ fn plan_against_postgresql_installs_nothing_and_writes_nothing() {
             db.sql("SELECT count(*) FROM pg_publication")
         )
     };
-    let slots = || {
-        psql("postgres", &format!("SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}')", a.0, b.0))
-    };
-    let origins = || {
-        psql(
-            "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'tandem_{}%' OR roname LIKE 'tandem_{}%'",
-                a.0, b.0
-            ),
-        )
-    };
+    let slots = || slot_count(&a, &b);
+    let origins = || origin_count(&a, &b);
     let (sa, sb, sl, or) = (snapshot(&a), snapshot(&b), slots(), origins());
     let out = tandem(&["plan", "-c", c, "--json"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -617,17 +623,7 @@ fn uninstall_removes_capture_and_the_next_run_catches_up() {
     let cfg = pg_pair_config_with(&dir, &a, &b, &["id"], "batch_size = 500\n");
     let c = cfg.to_str().unwrap();
     let installed = || {
-        let slots = psql(
-            "postgres",
-            &format!("SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}')", a.0, b.0),
-        );
-        let origins = psql(
-            "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'tandem_{}%' OR roname LIKE 'tandem_{}%'",
-                a.0, b.0
-            ),
-        );
+        let (slots, origins) = (slot_count(&a, &b), origin_count(&a, &b));
         let publications = |db: &PgDb| db.sql("SELECT count(*) FROM pg_publication");
         // Rows in whichever of Tandem's own tables the database has (intents, page records).
         let records = |db: &PgDb| {
