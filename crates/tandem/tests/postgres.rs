@@ -96,10 +96,21 @@ fn pg_to_pg_keeps_every_type_exact_both_ways() {
     assert_eq!(a.sql("SELECT count(*) FROM items WHERE t = ''"), "1");
     assert_eq!(a.sql("SELECT count(*) FROM items WHERE v IS NULL"), "2");
 
-    // A delete propagates; then the pair is idle: no row is written on either side.
+    // A delete propagates; then the pair is idle: no row is written on either side. A run
+    // that ends reports the position it acknowledged to the server first: neither slot keeps
+    // WAL from before the run.
     a.sql("DELETE FROM items WHERE i = 0");
+    let wal = a.sql("SELECT pg_current_wal_lsn()");
     assert!(tandem(&["run", "--once", "-c", c]).status.success());
     assert_eq!(b.sql("SELECT count(*) FROM items"), "2");
+    let held = psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}') AND confirmed_flush_lsn < '{wal}'::pg_lsn",
+            a.0, b.0
+        ),
+    );
+    assert_eq!(held, "0", "a slot was left behind {wal}");
     let versions = |db: &PgDb| db.sql("SELECT string_agg(xmin::text, ',' ORDER BY id) FROM items");
     let before = (versions(&a), versions(&b));
     let out = tandem(&["run", "--once", "-c", c]);

@@ -12,10 +12,10 @@ pub(crate) mod tls;
 
 use crate::commits::STREAM_WAIT;
 use codec::{copy_text, fits, from_text, key_value, to_text};
-use pgwire_replication::{Lsn, ReplicationConfig};
+use pgwire_replication::{FeedbackObserver, Lsn, ReplicationConfig};
 use std::sync::Arc;
 use std::time::Duration;
-use stream::Capture;
+use stream::{Capture, STATUS_INTERVAL};
 use tandem_core::connector::{
     BulkTarget, CaptureNote, CaptureState, ChangePage, Connector, ConnectorError, ErrorKind, RowError, Write,
     WriteResult,
@@ -1197,7 +1197,9 @@ impl Connector for PgTable {
             .with_port(self.url.port())
             .with_tls(tls::replication(&self.url.tls))
             .with_start_lsn(Lsn::from_u64(after))
-            .with_status_interval(Duration::from_secs(1))
+            .with_status_interval(STATUS_INTERVAL)
+            // Lets `Capture::stop` see whether the last acknowledged position was reported.
+            .with_feedback_observer(FeedbackObserver::new(|_| {}))
             .with_wakeup_interval(Duration::from_secs(1));
             let key = self.key.clone();
             self.capture = Some(self.rt.block_on(Capture::start(cfg, key))?);

@@ -21,6 +21,12 @@ use tandem_core::value::{Key, Value};
 /// Microseconds from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// How often the acknowledged position is reported to the server while it moves.
+pub(crate) const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long stopping a stream waits for the last acknowledged position to be reported.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
 /// Replication origins whose transactions are Tandem's own writes start with this.
 pub(crate) const ORIGIN_PREFIX: &str = "tandem_";
 
@@ -194,8 +200,14 @@ impl Capture {
         self.client.update_applied_lsn(Lsn::from_u64(upto));
     }
 
-    /// Stops the stream.
+    /// Stops the stream, after the server has the last acknowledged position (for at most
+    /// [`FLUSH_WAIT`]): otherwise the slot would keep WAL Tandem no longer needs, and the next
+    /// start would decode and send it again.
     pub(crate) async fn stop(mut self) {
+        let deadline = Instant::now() + FLUSH_WAIT;
+        while self.client.is_running() && self.client.feedback_pending_since().is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let _ = self.client.shutdown().await;
     }
 }
