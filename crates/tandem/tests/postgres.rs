@@ -103,14 +103,21 @@ fn pg_to_pg_keeps_every_type_exact_both_ways() {
     let wal = a.sql("SELECT pg_current_wal_lsn()");
     assert!(tandem(&["run", "--once", "-c", c]).status.success());
     assert_eq!(b.sql("SELECT count(*) FROM items"), "2");
-    let held = psql(
-        "postgres",
-        &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}') AND confirmed_flush_lsn < '{wal}'::pg_lsn",
-            a.0, b.0
-        ),
-    );
-    assert_eq!(held, "0", "a slot was left behind {wal}");
+    // (The server reads the last report after the run has ended: give it a moment.)
+    let held = || {
+        psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}') AND confirmed_flush_lsn < '{wal}'::pg_lsn",
+                a.0, b.0
+            ),
+        )
+    };
+    let start = Instant::now();
+    while held() != "0" {
+        assert!(start.elapsed() < Duration::from_secs(10), "a slot was left behind {wal}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let versions = |db: &PgDb| db.sql("SELECT string_agg(xmin::text, ',' ORDER BY id) FROM items");
     let before = (versions(&a), versions(&b));
     let out = tandem(&["run", "--once", "-c", c]);
