@@ -36,6 +36,20 @@ fn origin_count(a: &PgDb, b: &PgDb) -> String {
     )
 }
 
+/// Waits (at most `limit`) until every replication slot in `dbs` is confirmed at or past `wal`.
+fn wait_slots_past(dbs: &[&PgDb], wal: &str, limit: Duration) {
+    let names: Vec<String> = dbs.iter().map(|d| format!("'{}'", d.0)).collect();
+    let sql = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE database IN ({}) AND confirmed_flush_lsn < '{wal}'::pg_lsn",
+        names.join(", ")
+    );
+    let start = Instant::now();
+    while psql("postgres", &sql) != "0" {
+        assert!(start.elapsed() < limit, "a slot of {} was not confirmed past {wal}", names.join(", "));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn pg_pair_config(dir: &TempDir, a: &PgDb, b: &PgDb) -> std::path::PathBuf {
     pg_pair_config_with(dir, a, b, &[], "")
 }
@@ -104,20 +118,7 @@ fn pg_to_pg_keeps_every_type_exact_both_ways() {
     assert!(tandem(&["run", "--once", "-c", c]).status.success());
     assert_eq!(b.sql("SELECT count(*) FROM items"), "2");
     // (The server reads the last report after the run has ended: give it a moment.)
-    let held = || {
-        psql(
-            "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_replication_slots WHERE database IN ('{}', '{}') AND confirmed_flush_lsn < '{wal}'::pg_lsn",
-                a.0, b.0
-            ),
-        )
-    };
-    let start = Instant::now();
-    while held() != "0" {
-        assert!(start.elapsed() < Duration::from_secs(10), "a slot was left behind {wal}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_slots_past(&[&a, &b], &wal, Duration::from_secs(10));
     let versions = |db: &PgDb| db.sql("SELECT string_agg(xmin::text, ',' ORDER BY id) FROM items");
     let before = (versions(&a), versions(&b));
     let out = tandem(&["run", "--once", "-c", c]);
@@ -129,18 +130,7 @@ fn pg_to_pg_keeps_every_type_exact_both_ways() {
     let _run = run_in_background(c);
     a.sql("CREATE TABLE other (x int); INSERT INTO other SELECT generate_series(1, 50000)");
     let wal = a.sql("SELECT pg_current_wal_lsn()");
-    let start = Instant::now();
-    loop {
-        let held = a.sql(&format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = '{}' AND confirmed_flush_lsn < '{wal}'::pg_lsn",
-            a.0
-        ));
-        if held == "0" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "the slot of a was not acknowledged past {wal}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_slots_past(&[&a], &wal, Duration::from_secs(60));
 }
 
 fn crm_erp_config(dir: &TempDir, crm: &PgDb, extra: &str) -> std::path::PathBuf {
