@@ -2,7 +2,7 @@
 
 /// Rows, keys and values are many small allocations, made and freed a batch at a time: glibc's
 /// allocator took about a fifth of the engine thread. jemalloc, with freed memory handed back
-/// within a second (`.cargo/config.toml`), took 13–28% off Tandem's CPU in load and catch-up
+/// soon (`.cargo/config.toml`), took 13–28% off Tandem's CPU in load and catch-up
 /// for a peak RSS of 112 MB against 90 (mimalloc reached 157 MB).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
