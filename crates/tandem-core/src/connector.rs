@@ -190,6 +190,12 @@ pub trait Connector {
     fn trim(&mut self, upto: u64) -> Result<(), ConnectorError>;
     /// The commit time of the latest not yet trimmed change to `key`.
     fn last_change_at(&mut self, key: &Key) -> Result<Option<i64>, ConnectorError>;
+    /// A run is about to stop (a `--once` run caught up, or the operator stopped it): a system
+    /// may prepare what lets a position acknowledged in one more cycle become where its next run
+    /// starts reading. True when it did, and wants that cycle.
+    fn prepare_stop(&mut self) -> Result<bool, ConnectorError> {
+        Ok(false)
+    }
     /// A hint that [`Connector::read`] of these keys follows: a system may start reading them
     /// in the background (the engine reads both sides at once this way).
     fn prefetch(&mut self, _keys: &[Key]) {}

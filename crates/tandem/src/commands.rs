@@ -34,6 +34,7 @@ pub fn sync_until(
     let terminal = std::io::stderr().is_terminal();
     let mut bars: Vec<Option<ProgressBar>> = vec![None; runner.cfg.syncs.len()];
     let mut published: Option<Instant> = None;
+    let mut last = false;
     loop {
         runner.prune_audit();
         let (mut reports, failures) = runner.cycle();
@@ -87,7 +88,15 @@ pub fn sync_until(
                 return Err(CliError::Engine(f.error_clone()));
             }
         }
+        if last {
+            return Ok(totals);
+        }
         if stop.load(Ordering::SeqCst) || (once && !busy && failures.is_empty()) {
+            // One more cycle acknowledges what the sources prepared for a quick resume.
+            if failures.is_empty() && runner.prepare_stop() {
+                last = true;
+                continue;
+            }
             return Ok(totals);
         }
         if let Some(a) = admin {

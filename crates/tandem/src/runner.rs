@@ -120,6 +120,22 @@ impl Runner {
         f(&mut engine)
     }
 
+    /// Before a graceful stop: lets each open table prepare a quick resume (see
+    /// [`Connector::prepare_stop`]). True when one did: the caller runs one more cycle. Best
+    /// effort: a table that cannot is only slower to resume.
+    pub fn prepare_stop(&mut self) -> bool {
+        let mut prepared = false;
+        for (spec, tables) in self.cfg.syncs.iter().zip(&mut self.tables) {
+            for t in tables.iter_mut().flatten() {
+                match t.prepare_stop() {
+                    Ok(p) => prepared |= p,
+                    Err(e) => tracing::info!(sync = %spec.name, error = %e, "could not prepare a quick resume"),
+                }
+            }
+        }
+        prepared
+    }
+
     /// One cycle of every sync that is due. Failing syncs back off (200 ms doubling to 30 s)
     /// without holding up the others.
     pub fn cycle(&mut self) -> (Vec<Report>, Vec<SyncFailure>) {

@@ -1268,6 +1268,32 @@ impl Connector for PgTable {
         Ok(None)
     }
 
+    /// A logical slot can move the point the server decodes from on a restart (its
+    /// `restart_lsn`, behind the confirmed position) only to a snapshot of running transactions
+    /// the server logged, which it does every 15 s or at a checkpoint: a run that stops right
+    /// after a load or a catch-up leaves all of it to be decoded again at the next start (1.7 s
+    /// after a 1,000,000-row load). Creating a logical slot logs one first (PostgreSQL 10 and
+    /// later, with the replication privilege Tandem has, where `pg_log_standby_snapshot()` and
+    /// `CHECKPOINT` need more): a temporary one is made and dropped here, and the last cycle's
+    /// acknowledgement passes the snapshot. Making it waits for running transactions; the
+    /// snapshot is logged before that wait, which is cut short (an open transaction holds the
+    /// restart point back anyway).
+    fn prepare_stop(&mut self) -> Result<bool, ConnectorError> {
+        if self.capture.is_none() {
+            return Ok(false);
+        }
+        let made = self.block(self.client.batch_execute(
+            "SET statement_timeout = '500ms';
+             SELECT pg_create_logical_replication_slot('tandem_mark_' || pg_backend_pid(), 'pgoutput', true);
+             SELECT pg_drop_replication_slot('tandem_mark_' || pg_backend_pid());",
+        ));
+        let reset = self.block(self.client.batch_execute("RESET statement_timeout"));
+        if let Err(e) = made.and(reset) {
+            tracing::debug!(slot = %self.slot, error = %e, "a snapshot of running transactions may not have been logged");
+        }
+        Ok(true)
+    }
+
     fn prefetch(&mut self, keys: &[Key]) {
         if keys.is_empty() {
             return;
