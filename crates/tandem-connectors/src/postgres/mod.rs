@@ -594,36 +594,6 @@ impl PgTable {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    /// The columns the publication needs to carry: the key and the replica identity (the
-    /// stream is read only for the keys changes touched; Tandem reads the rows themselves), so
-    /// the server decodes and sends a few columns per change instead of every one. `None`
-    /// (every column) before PostgreSQL 15, which has no column lists, and for a table whose
-    /// replica identity is FULL or NOTHING.
-    async fn published_columns(&self) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT current_setting('server_version_num')::int >= 150000, c.relreplident::text,
-                        (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_index i
-                           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                          WHERE i.indrelid = c.oid
-                            AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))
-                   FROM pg_class c WHERE c.oid = $1::text::regclass",
-                &[&self.qualified()],
-            )
-            .await?;
-        let (lists, identity, index): (bool, String, Option<Vec<String>>) = (row.get(0), row.get(1), row.get(2));
-        let Some(mut columns) = index.filter(|_| lists && (identity == "d" || identity == "i")) else {
-            return Ok(None);
-        };
-        for k in &self.key {
-            if !columns.contains(k) {
-                columns.push(k.clone());
-            }
-        }
-        Ok(Some(columns))
-    }
-
     async fn ensure_origin(&self) -> Result<(), ConnectorError> {
         self.client
             .execute(
@@ -1176,15 +1146,9 @@ impl Connector for PgTable {
             )
             .await
             .map_err(|e| pg_err("creating schema _tandem", e))?;
-            let columns = self.published_columns().await.map_err(|e| pg_err("reading the table's replica identity", e))?;
-            let list = columns.map(|cols| format!(" ({})", cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")));
-            c.batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {p}; CREATE PUBLICATION {p} FOR TABLE {q}{};",
-                list.unwrap_or_default(),
-                p = ident(&publication)
-            ))
-            .await
-            .map_err(|e| pg_err(format_args!("creating publication {publication}"), e))?;
+            c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {p}; CREATE PUBLICATION {p} FOR TABLE {q};", p = ident(&publication)))
+                .await
+                .map_err(|e| pg_err(format_args!("creating publication {publication}"), e))?;
             c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
                 .await
                 .map_err(|e| pg_err(format_args!("dropping the old slot {slot}"), e))?;
@@ -1793,49 +1757,6 @@ mod tests {
         assert!(third.is_empty(), "a row inserted after the snapshot was read: {third:?}");
         assert_eq!(t.scan(None, 20).unwrap().len(), 11, "a new load sees the present");
         drop((t, other));
-    }
-
-    /// The publication carries the key and the replica identity, not the other columns (the
-    /// stream is read for keys only); an update of a column it leaves out is still captured.
-    /// A table with REPLICA IDENTITY FULL is published whole.
-    #[test]
-    fn the_publication_carries_the_key_and_the_replica_identity_only() {
-        let rt = runtime().unwrap();
-        let (url, _cleanup) = fresh_db(&rt, "columns");
-        let other = rt.block_on(connect(&url)).unwrap();
-        rt.block_on(other.batch_execute(
-            "CREATE TABLE a (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text, n numeric);
-             CREATE TABLE b (id int PRIMARY KEY, v text);
-             ALTER TABLE b REPLICA IDENTITY FULL;
-             INSERT INTO a VALUES (1, 'x', 'old', 1.5)",
-        ))
-        .unwrap();
-        let columns =
-            |publication: &str| -> Vec<String> {
-                rt.block_on(other.query_one(
-                    "SELECT attnames::text[] FROM pg_publication_tables WHERE pubname = $1",
-                    &[&publication],
-                ))
-                .unwrap()
-                .get(0)
-            };
-        let mut a = PgTable::open(&url, "a", &["code".to_string()], "s", "left").unwrap();
-        a.install().unwrap();
-        assert_eq!(columns(&a.publication), ["id", "code"]);
-        let mut b = PgTable::open(&url, "b", &["id".to_string()], "s", "right").unwrap();
-        b.install().unwrap();
-        assert_eq!(columns(&b.publication), ["id", "v"]);
-        let head = a.head().unwrap();
-        rt.block_on(other.batch_execute("UPDATE a SET v = 'new' WHERE id = 1")).unwrap();
-        let mut touched = Vec::new();
-        for _ in 0..20 {
-            touched.extend(a.changes(head, 10, true).unwrap().touched.into_iter().map(|t| t.key));
-            if !touched.is_empty() {
-                break;
-            }
-        }
-        assert_eq!(touched, [Key::from_values(&[Value::Text("x".into())])]);
-        drop((a, b, other));
     }
 
     /// An update is guarded by the values the engine read, compared exactly: a user's edit that
