@@ -345,7 +345,7 @@ fn shared_columns(spec: &SyncSpec, side: Side) -> bool {
 /// rows, unless `shared` (two fields read one column of `side`). A big page is split over two
 /// threads: the work is pure, and the engine thread is a bulk load's bottleneck.
 fn creations(spec: &SyncSpec, side: Side, shared: bool, mut rows: Vec<Row>) -> Vec<Option<(Row, Row)>> {
-    let renames = (!shared).then(|| Renames::of(spec, side)).flatten();
+    let renames = Renames::of(spec, side);
     let one = |mut row: Row| {
         if let Some(r) = &renames {
             return Some(r.create(spec, side, row));
@@ -798,7 +798,7 @@ impl<'a> Engine<'a> {
         let linked = self.store.links_of(&self.spec.name, side, &keys)?;
         // A field that does not flow from this side takes the target's value: read it back.
         let one_way = self.spec.fields.iter().any(|f| !f.flow.allows_from(side));
-        let shared = self.shared_columns(side);
+        let shared = shared_columns(self.spec, side);
         let mut touches = Vec::new();
         let mut sources = Vec::new();
         let mut inserts = Vec::new();
@@ -1351,11 +1351,6 @@ impl<'a> Engine<'a> {
     /// The canonical record of a side's row, or the dead letter ops saying why it has none.
     fn canonical(&self, side: Side, key: &Key, row: &Row) -> Result<Row, Vec<Op>> {
         self.canonical_with(side, key, |f| f.get(side, row))
-    }
-
-    /// Whether two fields read one column of `side`.
-    fn shared_columns(&self, side: Side) -> bool {
-        shared_columns(self.spec, side)
     }
 
     fn canonical_with(
